@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
@@ -121,32 +121,37 @@ def _check_data(data, bvals, fit_mask, radius):
 
 # ------------------------------------------------------------------------------- voxel blocks
 def _blocks(shape, n_features, device):
-    """Yield (y0, y1, z0, z1) blocks whose float64 patch features fit the block budget."""
+    """Yield (x0, x1, y0, y1) blocks whose float64 features fit the block budget.
+
+    Blocks run along x, the slowest axis of a C-ordered (x, y, z, N) array, so a block of
+    whole yz-planes is one contiguous piece of memory.
+    """
     nx, ny, nz = shape
-    row_bytes = max(1, n_features) * 8
-    voxels = max(1, BLOCK_BYTES[device.type] // row_bytes)
-    by = min(ny, max(1, voxels // nx))
-    bz = min(nz, max(1, voxels // (nx * by))) if by == ny else 1
-    for z0 in range(0, nz, bz):
+    voxels = max(1, BLOCK_BYTES[device.type] // (max(1, n_features) * 8))
+    by = min(ny, max(1, voxels // nz))
+    bx = min(nx, max(1, voxels // (ny * nz))) if by == ny else 1
+    for x0 in range(0, nx, bx):
         for y0 in range(0, ny, by):
-            yield y0, min(y0 + by, ny), z0, min(z0 + bz, nz)
+            yield x0, min(x0 + bx, nx), y0, min(y0 + by, ny)
 
 
 @dataclass
-class _Features:
-    """Patch features of one group for one voxel block, shifted for conditioning."""
+class _Plan:
+    """Volumes whose patch features are built together, and the groups solved from them.
 
-    values: torch.Tensor  # (m, n * p), volume-major, patch-minor, in shifted units
-    centre: torch.Tensor  # (m, n) the volumes themselves, in shifted units
-    fit_rows: torch.Tensor | None  # (m,) boolean, rows used for fitting
+    At radius 0 one plan covers the whole series and every group is solved from a diagonal
+    block of one joint Gram matrix. Otherwise each group gets its own plan.
+    """
 
-
-@dataclass
-class _GroupPlan:
-    group: VolumeGroup
-    index: torch.Tensor  # volume positions on the device
+    volumes: torch.Tensor  # (n,) positions in the series
+    groups: list  # VolumeGroup solved in this plan
     shift: torch.Tensor  # (n,) per-volume constant subtracted before anything else
     radius: tuple[int, int, int]
+    whole_series: bool = False  # volumes == arange(N)
+
+    @property
+    def size(self) -> int:
+        return self.volumes.numel()
 
     @property
     def patch_size(self) -> int:
@@ -157,34 +162,107 @@ class _GroupPlan:
         rx, ry, rz = self.radius
         return (rx * (2 * ry + 1) + ry) * (2 * rz + 1) + rz
 
+    def positions(self, group: VolumeGroup) -> torch.Tensor:
+        """Where ``group``'s volumes sit among the plan's volumes."""
+        index = torch.as_tensor(group.indices, device=self.volumes.device)
+        return torch.searchsorted(self.volumes, index)
 
-def _features(source, plan: _GroupPlan, block, mask) -> _Features:
-    y0, y1, z0, z1 = block
+    @property
+    def solved(self) -> torch.Tensor:
+        """(n,) boolean: which of the plan's volumes are denoised."""
+        mask = torch.zeros(self.size, dtype=torch.bool, device=self.volumes.device)
+        for group in self.groups:
+            mask[self.positions(group)] = True
+        return mask
+
+
+@dataclass
+class _Block:
+    """One voxel block of a plan: its volumes and their patch features."""
+
+    bounds: tuple[int, int, int, int]
+    source: torch.Tensor  # (m, n) the plan's volumes, in the source dtype
+    centre: torch.Tensor | None  # (m, n) float64 in the original units
+    features: torch.Tensor  # (m, n * p) float64; volume-major, patch-minor
+
+
+class _Workspace:
+    """Float64 buffers reused across blocks: a fresh 32 MB buffer per block costs more in page
+    faults than the arithmetic done in it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape) -> torch.Tensor:
+        size = int(np.prod(shape))
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < size:
+            buffer = torch.empty(size, dtype=torch.float64, device=self.device)
+            self.buffers[name] = buffer
+        return buffer[:size].view(shape)
+
+
+def _read_block(source, plan: _Plan, bounds, workspace: _Workspace, *, shifted: bool) -> _Block:
+    """Read a block; ``shifted`` subtracts ``plan.shift`` (always done when patches are built)."""
+    x0, x1, y0, y1 = bounds
     rx, ry, rz = plan.radius
     nx, ny, nz = source.shape[:3]
-    n = plan.index.numel()
-    ya, yb, za, zb = max(y0 - ry, 0), min(y1 + ry, ny), max(z0 - rz, 0), min(z1 + rz, nz)
-    raw = source[:, ya:yb, za:zb].index_select(3, plan.index).to(torch.float64) - plan.shift
+    n = plan.size
+    xa, xb, ya, yb = max(x0 - rx, 0), min(x1 + rx, nx), max(y0 - ry, 0), min(y1 + ry, ny)
+    raw = source[xa:xb, ya:yb]
+    if not plan.whole_series:
+        raw = raw.index_select(3, plan.volumes)
+    inner = raw[x0 - xa:x0 - xa + (x1 - x0), y0 - ya:y0 - ya + (y1 - y0)].reshape(-1, n)
     if plan.patch_size == 1:
-        centre = raw.reshape(-1, n)
-        values = centre
-    else:
-        # Zero padding in the original units is -shift in shifted units.
-        padded = (-plan.shift).expand(nx + 2 * rx, (y1 - y0) + 2 * ry, (z1 - z0) + 2 * rz, n).clone()
-        oy, oz = ya - (y0 - ry), za - (z0 - rz)
-        padded[rx:rx + nx, oy:oy + (yb - ya), oz:oz + (zb - za)] = raw
-        bx, by, bz = nx, y1 - y0, z1 - z0
-        values = torch.empty((bx * by * bz, n, plan.patch_size), dtype=torch.float64, device=raw.device)
-        offsets = product(range(2 * rx + 1), range(2 * ry + 1), range(2 * rz + 1))
-        for o, (dx, dy, dz) in enumerate(offsets):
-            values[:, :, o] = padded[dx:dx + bx, dy:dy + by, dz:dz + bz].reshape(-1, n)
-        centre = values[:, :, plan.centre_offset]
-        values = values.reshape(-1, n * plan.patch_size)
-    fit_rows = None if mask is None else mask[:, y0:y1, z0:z1].reshape(-1)
-    return _Features(values, centre, fit_rows)
+        values = workspace.get("values", (raw.shape[0] * raw.shape[1] * nz, n))
+        values.copy_(raw.reshape(-1, n))
+        if shifted:
+            return _Block(bounds, inner, None, values.sub_(plan.shift))
+        return _Block(bounds, inner, values, values)
+    bx, by = x1 - x0, y1 - y0
+    # Zero padding in the original units is -shift in shifted units.
+    padded = (-plan.shift).expand(bx + 2 * rx, by + 2 * ry, nz + 2 * rz, n).clone()
+    ox, oy = xa - (x0 - rx), ya - (y0 - ry)
+    padded[ox:ox + (xb - xa), oy:oy + (yb - ya), rz:rz + nz] = raw.to(torch.float64) - plan.shift
+    features = torch.empty((bx * by * nz, n, plan.patch_size), dtype=torch.float64, device=raw.device)
+    offsets = product(range(2 * rx + 1), range(2 * ry + 1), range(2 * rz + 1))
+    for o, (dx, dy, dz) in enumerate(offsets):
+        features[:, :, o] = padded[dx:dx + bx, dy:dy + by, dz:dz + nz].reshape(-1, n)
+    centre = features[:, :, plan.centre_offset] + plan.shift
+    return _Block(bounds, inner, centre, features.reshape(-1, n * plan.patch_size))
+
+
+def _fit_rows(mask, bounds):
+    if mask is None:
+        return None
+    x0, x1, y0, y1 = bounds
+    return mask[x0:x1, y0:y1].reshape(-1)
 
 
 # ------------------------------------------------------------------------------------ solver
+def _matmul(left: torch.Tensor, right: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``left @ right``; on the CPU through NumPy's OpenBLAS.
+
+    PyTorch's bundled MKL ran these float64 products about 3 times slower on the AMD EPYC
+    build machine, and OpenBLAS turns ``rows.T @ rows`` into a symmetric rank-k update (half
+    the flops) when both operands share one buffer.
+    """
+    if left.device.type == "cpu":
+        if out is None:
+            return torch.from_numpy(np.matmul(left.numpy(), right.numpy()))
+        np.matmul(left.numpy(), right.numpy(), out=out.numpy())
+        return out
+    return torch.matmul(left, right, out=out)
+
+
+def _accumulate(gram: torch.Tensor, total: torch.Tensor, rows: torch.Tensor):
+    """Add ``rows.T @ rows`` to ``gram`` and the column sums of ``rows`` to ``total``."""
+    gram += _matmul(rows.T, rows)
+    ones = torch.ones((1, rows.shape[0]), dtype=rows.dtype, device=rows.device)
+    total += _matmul(ones, rows)[0]
+
+
 def _weights_from_precision(precision: torch.Tensor, n: int, p: int, centre: int) -> torch.Tensor:
     """Leave-one-volume-out coefficients for every volume, as an ``(n*p, n)`` matrix.
 
@@ -210,16 +288,45 @@ def _weights_from_precision(precision: torch.Tensor, n: int, p: int, centre: int
 
 def _precision(gram: torch.Tensor, alpha: float, model: str) -> torch.Tensor:
     diagonal = torch.diagonal(gram)
-    scale = float(diagonal.mean()) if diagonal.numel() else 1.0
-    ridge = alpha if model == "ridge" else OLS_RELATIVE_JITTER * max(scale, np.finfo(float).tiny)
+    scale = max(float(diagonal.mean()), np.finfo(float).tiny)
+    ridge = alpha if model == "ridge" else OLS_RELATIVE_JITTER * scale
     identity = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    for attempt in range(6):
+    for _ in range(6):
         factor, info = torch.linalg.cholesky_ex(gram + ridge * identity)
         if int(info) == 0:
             return torch.cholesky_inverse(factor)
-        ridge = ridge * 100 if ridge > 0 else OLS_RELATIVE_JITTER * scale
+        ridge = max(ridge * 100, OLS_RELATIVE_JITTER * scale)
         LOGGER.warning("Gram matrix not positive definite; retrying with ridge %.3g", ridge)
     raise np.linalg.LinAlgError("the centred Gram matrix could not be factorised")
+
+
+def _fit_plan(source, plan: _Plan, mask, model, alpha, device):
+    """Return the feature means and the ``(n*p, n)`` weights of all groups of ``plan``."""
+    n, p = plan.size, plan.patch_size
+    size = n * p
+    gram = torch.zeros((size, size), dtype=torch.float64, device=device)
+    total = torch.zeros(size, dtype=torch.float64, device=device)
+    count = 0
+    workspace = _Workspace(device)
+    for bounds in _blocks(source.shape[:3], size, device):
+        block = _read_block(source, plan, bounds, workspace, shifted=True)
+        fit = _fit_rows(mask, bounds)
+        rows = block.features if fit is None else block.features[fit]
+        _accumulate(gram, total, rows)
+        count += rows.shape[0]
+    mean = total / count
+    gram -= count * torch.outer(mean, mean)
+    weights = torch.zeros((size, n), dtype=torch.float64, device=device)
+    for group in plan.groups:
+        columns = plan.positions(group)
+        if p == 1:
+            sub = gram[columns][:, columns]
+            weights[columns.unsqueeze(1), columns] = _weights_from_precision(
+                _precision(sub, alpha, model), group.size, 1, 0
+            )
+        else:  # a plan with patches holds exactly one group
+            weights = _weights_from_precision(_precision(gram, alpha, model), n, p, plan.centre_offset)
+    return mean, weights
 
 
 # -------------------------------------------------------------------------- output and state
@@ -228,56 +335,52 @@ class _Output:
     """Denoised volumes plus the running statistics needed for post-processing."""
 
     values: torch.Tensor  # (x, y, z, N), float32 unless float64 was asked for
-    residual_ss: torch.Tensor  # (x, y, z) float64, sum of squared residuals
+    residual_ss: torch.Tensor | None  # (x, y, z) float64 sum of squared residuals, if wanted
     clip: bool
-    noisy_min: dict = field(default_factory=dict)
-    denoised_min: dict = field(default_factory=dict)
-    denoised: list = field(default_factory=list)
+    noisy_min: torch.Tensor  # (N,) running minimum of each noisy volume
+    denoised_min: torch.Tensor  # (N,) running minimum of each denoised volume
+    track_minima: bool  # only shift_intensity needs the minima
 
-    def write(self, plan: _GroupPlan, block, centre, prediction):
-        """Store one block's predictions (both in shifted units) for ``plan``'s volumes."""
-        y0, y1, z0, z1 = block
-        nx = self.values.shape[0]
-        residual = centre - prediction
-        self.residual_ss[:, y0:y1, z0:z1] += (residual * residual).sum(1).reshape(nx, y1 - y0, z1 - z0)
-        denoised = prediction + plan.shift
-        for name, values in (("noisy_min", centre + plan.shift), ("denoised_min", denoised)):
-            running = getattr(self, name)
-            current = values.amin(0)
-            key = plan.group.indices[0]
-            running[key] = current if key not in running else torch.minimum(running[key], current)
+    def write(self, plan: _Plan, block: _Block, denoised: torch.Tensor, solved: torch.Tensor):
+        """Store one block's predictions (original units); unsolved volumes are copied."""
+        x0, x1, y0, y1 = block.bounds
+        everything_solved = bool(solved.all())
+        if self.residual_ss is not None:
+            residual = block.centre - denoised
+            if not everything_solved:
+                residual = residual[:, solved]
+            destination = self.residual_ss[x0:x1, y0:y1]
+            destination += torch.linalg.vector_norm(residual, dim=1).square_().view(destination.shape)
+        if self.track_minima:
+            volumes = plan.volumes[solved]
+            noisy = block.source[:, solved].amin(0).to(torch.float64)
+            self.noisy_min[volumes] = torch.minimum(self.noisy_min[volumes], noisy)
+            self.denoised_min[volumes] = torch.minimum(self.denoised_min[volumes], denoised[:, solved].amin(0))
         if self.clip:
-            denoised = denoised.clamp_min(0.0)
-        self.values[:, y0:y1, z0:z1, plan.index] = denoised.to(self.values.dtype).reshape(
-            nx, y1 - y0, z1 - z0, -1
-        )
+            denoised.clamp_min_(0.0)
+        if not everything_solved:
+            denoised[:, ~solved] = block.source[:, ~solved].to(torch.float64)
+        if plan.whole_series:
+            target = self.values[x0:x1, y0:y1]
+            target.copy_(denoised.view(target.shape))
+        else:
+            shape = (x1 - x0, y1 - y0, self.values.shape[2], plan.size)
+            self.values[x0:x1, y0:y1, :, plan.volumes] = denoised.view(shape).to(self.values.dtype)
 
 
-def _fit_group_closed_form(source, plan, mask, model, alpha, device):
-    n, p = plan.index.numel(), plan.patch_size
-    size = n * p
-    gram = torch.zeros((size, size), dtype=torch.float64, device=device)
-    total = torch.zeros(size, dtype=torch.float64, device=device)
-    count = 0
-    for block in _blocks(source.shape[:3], size, device):
-        features = _features(source, plan, block, mask)
-        rows = features.values if features.fit_rows is None else features.values[features.fit_rows]
-        gram.addmm_(rows.T, rows)
-        total += rows.sum(0)
-        count += rows.shape[0]
-    mean = total / count
-    gram.sub_(count * torch.outer(mean, mean))
-    precision = _precision(gram, alpha, model)
-    return mean, _weights_from_precision(precision, n, p, plan.centre_offset)
-
-
-def _predict_group_closed_form(source, plan, mean, weights, output, device):
-    n, p = plan.index.numel(), plan.patch_size
-    centre_mean = mean[plan.centre_offset::p]
-    for block in _blocks(source.shape[:3], n * p, device):
-        features = _features(source, plan, block, None)
-        prediction = torch.addmm(centre_mean, features.values - mean, weights)
-        output.write(plan, block, features.centre, prediction)
+def _predict_plan(source, plan: _Plan, mean, weights, output: _Output, device):
+    # Prediction = centre mean + (features - mean) W, back in original units; the centring
+    # and the shift are folded into one bias. Without patches the features are read unshifted.
+    bias = mean[plan.centre_offset::plan.patch_size] - mean @ weights + plan.shift
+    shifted = plan.patch_size > 1
+    if not shifted:
+        bias = bias - plan.shift @ weights
+    solved = plan.solved
+    workspace = _Workspace(device)
+    for bounds in _blocks(source.shape[:3], plan.size * plan.patch_size, device):
+        block = _read_block(source, plan, bounds, workspace, shifted=shifted)
+        prediction = workspace.get("prediction", (block.features.shape[0], plan.size))
+        output.write(plan, block, _matmul(block.features, weights, out=prediction).add_(bias), solved)
 
 
 def _make_estimator(model, alpha):
@@ -289,25 +392,26 @@ def _make_estimator(model, alpha):
     return clone(model)
 
 
-def _denoise_group_per_volume(source, plan, mask, model, alpha, output, device, bar):
+def _denoise_per_volume(source, plan: _Plan, mask, model, alpha, output: _Output, bar):
     """Slow path for models without a closed form: one fit per volume on a copied design."""
-    n, p = plan.index.numel(), plan.patch_size
-    whole = (0, source.shape[1], 0, source.shape[2])
-    features = _features(source, plan, whole, mask)
-    design = features.values.cpu().numpy()
-    targets = features.centre.cpu().numpy()
-    fit_rows = slice(None) if features.fit_rows is None else features.fit_rows.cpu().numpy()
+    n, p = plan.size, plan.patch_size
+    whole = (0, source.shape[0], 0, source.shape[1])
+    block = _read_block(source, plan, whole, _Workspace(plan.volumes.device), shifted=False)
+    design = block.features.cpu().numpy()
+    targets = block.centre.cpu().numpy()
+    fit = _fit_rows(mask, whole)
+    fit = slice(None) if fit is None else fit.cpu().numpy()
     prediction = np.empty_like(targets)
     for j in range(n):
         others = np.ones(n * p, dtype=bool)
         others[j * p:(j + 1) * p] = False
         x_other = design[:, others].copy()
         estimator = _make_estimator(model, alpha)
-        estimator.fit(x_other[fit_rows], targets[fit_rows, j].copy())
+        estimator.fit(x_other[fit], targets[fit, j].copy())
         prediction[:, j] = estimator.predict(x_other)
         bar.update(1)
-    to_torch = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    output.write(plan, whole, to_torch(targets), to_torch(prediction))
+    solved = torch.ones(n, dtype=torch.bool, device=plan.volumes.device)
+    output.write(plan, block, torch.from_numpy(prediction).to(plan.volumes.device), solved)
 
 
 # -------------------------------------------------------------------------------- public API
@@ -334,7 +438,7 @@ def _plan_groups(bvals, *, b0_threshold, b0_denoising, grouping, shell_tolerance
                 f"Patch2Self: group {group.label} has {group.size} volume; it is copied through "
                 "unchanged (at least 2 volumes are needed).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             copy.append(group)
         else:
@@ -343,20 +447,113 @@ def _plan_groups(bvals, *, b0_threshold, b0_denoising, grouping, shell_tolerance
                     f"Patch2Self: group {group.label} has only {group.size} volumes; "
                     f"less than {MIN_RECOMMENDED_VOLUMES} volumes give little denoising.",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             denoise.append(group)
     return denoise, copy
 
 
-def _shift_values(data, group: VolumeGroup, mask) -> np.ndarray:
-    """A per-volume constant near the volume's mean, from a strided subsample."""
-    index = list(group.indices)
-    sample = data[::4, ::4, ::4][..., index].astype(np.float64)
-    if mask is not None:
+def _shift_values(data, volumes, mask) -> np.ndarray:
+    """A per-volume constant near each volume's mean, from a strided subsample."""
+    sample = data[::4, ::4, ::4][..., list(volumes)].astype(np.float64)
+    if mask is not None and mask[::4, ::4, ::4].any():
         sample = sample[mask[::4, ::4, ::4]]
-    sample = sample.reshape(-1, len(index))
-    return sample.mean(0) if sample.size else np.zeros(len(index))
+    sample = sample.reshape(-1, len(volumes))
+    return sample.mean(0)
+
+
+def _make_plans(data, groups, radius, fit_mask, device, *, joint):
+    """One joint plan for the whole series (radius 0, closed form), else one per group."""
+    if not groups:
+        return []
+    n_volumes = data.shape[3]
+    if joint:
+        volume_sets = [(list(range(n_volumes)), groups)]
+    else:
+        volume_sets = [(list(group.indices), [group]) for group in groups]
+    return [
+        _Plan(
+            volumes=torch.as_tensor(volumes, dtype=torch.long, device=device),
+            groups=members,
+            shift=torch.as_tensor(_shift_values(data, volumes, fit_mask), device=device),
+            radius=radius,
+            whole_series=len(volumes) == n_volumes,
+        )
+        for volumes, members in volume_sets
+    ]
+
+
+def _denoise(
+    data, bvals, *, noise_map, patch_radius, model, alpha, b0_threshold, b0_denoising, grouping,
+    shell_tolerance, fit_mask, shift_intensity, clip_negative_vals, device, progress, out_dtype,
+):
+    started = time.perf_counter()
+    radius = normalize_patch_radius(patch_radius)
+    model = _check_model(model, alpha)
+    data, bvals, fit_mask = _check_data(data, bvals, fit_mask, radius)
+    # A patch cannot reach beyond a singleton axis: those features would be constant zeros.
+    radius = tuple(0 if size == 1 else r for size, r in zip(data.shape[:3], radius))
+    device = resolve_device(device)
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype not in (np.float32, np.float64):
+        raise ValueError(f"out_dtype must be float32 or float64, got {out_dtype}")
+    torch_out_dtype = torch.float32 if out_dtype == np.float32 else torch.float64
+    if shift_intensity and clip_negative_vals:
+        warnings.warn(
+            "Both shift_intensity and clip_negative_vals are set; only clipping is applied.",
+            UserWarning,
+            stacklevel=3,
+        )
+        shift_intensity = False
+    denoise, copy = _plan_groups(
+        bvals, b0_threshold=b0_threshold, b0_denoising=b0_denoising,
+        grouping=grouping, shell_tolerance=shell_tolerance,
+    )
+    source = _as_source(data, device)
+    mask = None if fit_mask is None else torch.from_numpy(np.ascontiguousarray(fit_mask)).to(device)
+    n_volumes = data.shape[3]
+    output = _Output(
+        values=torch.empty(data.shape, dtype=torch_out_dtype, device=device),
+        residual_ss=torch.zeros(data.shape[:3], dtype=torch.float64, device=device) if noise_map else None,
+        clip=bool(clip_negative_vals),
+        track_minima=bool(shift_intensity),
+        noisy_min=torch.full((n_volumes,), np.inf, dtype=torch.float64, device=device),
+        denoised_min=torch.full((n_volumes,), np.inf, dtype=torch.float64, device=device),
+    )
+    closed_form = isinstance(model, str) and model in CLOSED_FORM_MODELS
+    plans = _make_plans(data, denoise, radius, fit_mask, device, joint=closed_form and radius == (0, 0, 0))
+    covered = set().union(*(plan.volumes.tolist() for plan in plans)) if plans else set()
+    for group in copy:
+        index = torch.as_tensor([i for i in group.indices if i not in covered], device=device)
+        if index.numel():
+            output.values[..., index] = source.index_select(3, index).to(torch_out_dtype)
+
+    with tqdm(total=n_volumes, desc="Patch2Self", unit="vol", disable=not progress, leave=False) as bar:
+        bar.update(sum(g.size for g in copy))
+        for plan in plans:
+            bar.set_postfix_str(", ".join(f"{g.label} ({g.size} vols)" for g in plan.groups))
+            if closed_form:
+                mean, weights = _fit_plan(source, plan, mask, model, alpha, device)
+                _predict_plan(source, plan, mean, weights, output, device)
+                bar.update(sum(g.size for g in plan.groups))
+            else:
+                _denoise_per_volume(source, plan, mask, model, alpha, output, bar)
+
+    denoised_volumes = torch.as_tensor([i for g in denoise for i in g.indices], dtype=torch.long, device=device)
+    if shift_intensity and denoised_volumes.numel():
+        offsets = torch.zeros(n_volumes, dtype=torch.float64, device=device)
+        offsets[denoised_volumes] = (output.noisy_min - output.denoised_min)[denoised_volumes]
+        output.values += offsets.to(torch_out_dtype)
+    noise = None
+    if noise_map:
+        noise = torch.sqrt(output.residual_ss / max(denoised_volumes.numel(), 1)).to(torch.float32).cpu().numpy()
+    LOGGER.info(
+        "Patch2Self denoised %d of %d volumes in %.2f s on %s (radius %s, model %s)",
+        denoised_volumes.numel(), n_volumes, time.perf_counter() - started, device, radius,
+        model if isinstance(model, str) else type(model).__name__,
+    )
+    out_values = output.values
+    return out_values.cpu().numpy(), noise
 
 
 def patch2self_with_noise(
@@ -389,72 +586,13 @@ def patch2self_with_noise(
         Per voxel, the root mean square over the denoised volumes of the leave-one-out residual
         (noisy minus prediction, before clipping or shifting). Zero if no volume was denoised.
     """
-    started = time.perf_counter()
-    radius = normalize_patch_radius(patch_radius)
-    model = _check_model(model, alpha)
-    data, bvals, fit_mask = _check_data(data, bvals, fit_mask, radius)
-    # A patch cannot reach beyond a singleton axis: those features would be constant zeros.
-    radius = tuple(0 if size == 1 else r for size, r in zip(data.shape[:3], radius))
-    device = resolve_device(device)
-    out_dtype = np.dtype(out_dtype)
-    if out_dtype not in (np.float32, np.float64):
-        raise ValueError(f"out_dtype must be float32 or float64, got {out_dtype}")
-    torch_out_dtype = torch.float32 if out_dtype == np.float32 else torch.float64
-    if shift_intensity and clip_negative_vals:
-        warnings.warn(
-            "Both shift_intensity and clip_negative_vals are set; only clipping is applied.",
-            UserWarning,
-            stacklevel=2,
-        )
-        shift_intensity = False
-    denoise, copy = _plan_groups(
-        bvals, b0_threshold=b0_threshold, b0_denoising=b0_denoising,
-        grouping=grouping, shell_tolerance=shell_tolerance,
+    return _denoise(
+        data, bvals, noise_map=True, patch_radius=patch_radius, model=model, alpha=alpha,
+        b0_threshold=b0_threshold, b0_denoising=b0_denoising, grouping=grouping,
+        shell_tolerance=shell_tolerance, fit_mask=fit_mask, shift_intensity=shift_intensity,
+        clip_negative_vals=clip_negative_vals, device=device, progress=progress,
+        out_dtype=out_dtype,
     )
-    source = _as_source(data, device)
-    mask = None if fit_mask is None else torch.from_numpy(np.ascontiguousarray(fit_mask)).to(device)
-    out_values = torch.empty(data.shape, dtype=torch_out_dtype, device=device)
-    output = _Output(
-        values=out_values,
-        residual_ss=torch.zeros(data.shape[:3], dtype=torch.float64, device=device),
-        clip=bool(clip_negative_vals),
-    )
-    for group in copy:
-        index = torch.as_tensor(group.indices, device=device)
-        out_values[..., index] = source.index_select(3, index).to(torch_out_dtype)
-
-    with tqdm(total=data.shape[3], desc="Patch2Self", unit="vol", disable=not progress, leave=False) as bar:
-        bar.update(sum(g.size for g in copy))
-        for group in denoise:
-            bar.set_postfix_str(f"group {group.label} ({group.size} volumes)")
-            plan = _GroupPlan(
-                group=group,
-                index=torch.as_tensor(group.indices, device=device),
-                shift=torch.as_tensor(_shift_values(data, group, fit_mask), device=device),
-                radius=radius,
-            )
-            if isinstance(model, str) and model in CLOSED_FORM_MODELS:
-                mean, weights = _fit_group_closed_form(source, plan, mask, model, alpha, device)
-                _predict_group_closed_form(source, plan, mean, weights, output, device)
-                bar.update(group.size)
-            else:
-                _denoise_group_per_volume(source, plan, mask, model, alpha, output, device, bar)
-            output.denoised.append(plan)
-
-    if shift_intensity:
-        offsets = torch.zeros(data.shape[3], dtype=torch.float64, device=device)
-        for plan in output.denoised:
-            key = plan.group.indices[0]
-            offsets[plan.index] = output.noisy_min[key] - output.denoised_min[key]
-        out_values += offsets.to(torch_out_dtype)
-    n_denoised = sum(plan.group.size for plan in output.denoised)
-    noise = torch.sqrt(output.residual_ss / max(n_denoised, 1)).to(torch.float32)
-    LOGGER.info(
-        "Patch2Self denoised %d of %d volumes in %.2f s on %s (radius %s, model %s)",
-        n_denoised, data.shape[3], time.perf_counter() - started, device, radius,
-        model if isinstance(model, str) else type(model).__name__,
-    )
-    return out_values.cpu().numpy(), noise.cpu().numpy()
 
 
 def patch2self(
@@ -536,8 +674,8 @@ def patch2self(
     block by block. At radius 0 the peak is the output plus a few blocks of 32 MB.
     Results are deterministic for the same input on the same device.
     """
-    denoised, _ = patch2self_with_noise(
-        data, bvals, patch_radius=patch_radius, model=model, alpha=alpha,
+    denoised, _ = _denoise(
+        data, bvals, noise_map=False, patch_radius=patch_radius, model=model, alpha=alpha,
         b0_threshold=b0_threshold, b0_denoising=b0_denoising, grouping=grouping,
         shell_tolerance=shell_tolerance, fit_mask=fit_mask, shift_intensity=shift_intensity,
         clip_negative_vals=clip_negative_vals, device=device, progress=progress,
