@@ -56,6 +56,24 @@ _TORCH_SOURCE_DTYPES = {np.dtype(t) for t in ("float32", "float64", "int16", "in
 
 
 # --------------------------------------------------------------------------------- arguments
+def estimate_memory_gb(shape, *, patch_radius=0, group_size=None, device="cpu") -> float:
+    """Estimate the peak host memory (GB) of one call on float32 data of ``shape``.
+
+    Counts the input and the float32 output, the float64 Gram matrix with its inverse and
+    factor, the weights and the voxel-block buffers, plus a fixed 0.2 GB of working space.
+    ``group_size`` is the largest group (defaults to all volumes).
+    """
+    *spatial, n_volumes = shape
+    n_group = group_size or n_volumes
+    radius = normalize_patch_radius(patch_radius)
+    features = n_group * int(np.prod([2 * r + 1 for r in radius]))
+    data_bytes = 4 * int(np.prod(spatial)) * n_volumes
+    solver_bytes = 8 * (3 * features**2 + features * n_group)
+    block_bytes = 6 * BLOCK_BYTES["cpu" if str(device) == "cpu" else "cuda"]
+    return (2 * data_bytes + solver_bytes + block_bytes + 0.2e9) / 1e9
+
+
+
 def normalize_patch_radius(patch_radius) -> tuple[int, int, int]:
     """Return ``patch_radius`` as a 3-tuple of ints in ``[0, MAX_PATCH_RADIUS]``."""
     values = np.atleast_1d(np.asarray(patch_radius))
@@ -74,7 +92,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` into a :class:`torch.device`."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}") from err
     if resolved.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if resolved.type == "cuda" and not torch.cuda.is_available():

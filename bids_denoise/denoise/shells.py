@@ -46,8 +46,14 @@ class VolumeGroup:
 
     @property
     def nominal_bvalue(self) -> int:
-        """The group's median b-value rounded to an integer (0 for the b0 group)."""
-        return 0 if self.is_b0 else int(round(float(np.median(self.bvalues))))
+        """The group's median b-value (0 for the b0 group), to the nearest 10 from b=100 up.
+
+        Scanners jitter b-values by a few s/mm² (999, 1005), so the nominal value is rounded.
+        """
+        if self.is_b0:
+            return 0
+        median = float(np.median(self.bvalues))
+        return int(round(median, -1)) if median >= 100 else int(round(median))
 
     def as_dict(self) -> dict:
         """A JSON-friendly summary, as recorded in sidecars."""
@@ -145,10 +151,17 @@ def group_volumes(
         members = [np.ones(dwi_idx.size, dtype=bool)]
     else:
         members = cluster_bvalues(bvals[dwi_idx], tolerance=shell_tolerance)
+    labels = {group.label for group in groups}
     for member in members:
         idx = dwi_idx[member]
         group = VolumeGroup("dwi", tuple(idx.tolist()), tuple(bvals[idx].tolist()), False)
         if grouping == "shell":
-            group = VolumeGroup(f"b{group.nominal_bvalue}", group.indices, group.bvalues, False)
+            base = label = f"b{group.nominal_bvalue}"
+            copies = 1
+            while label in labels:  # shells closer than the rounding still get distinct labels
+                copies += 1
+                label = f"{base}_{copies}"
+            group = VolumeGroup(label, group.indices, group.bvalues, False)
+        labels.add(group.label)
         groups.append(group)
     return groups

@@ -1,0 +1,85 @@
+"""Assemble the JSON sidecars that record what was done to a run."""
+
+from __future__ import annotations
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from bids_denoise import __version__
+
+METHOD_NAMES = {"patch2self": "Patch2Self", "ddm2": "DDM2"}
+# Raw metadata that is still true after denoising and that later steps (SDC, eddy) need.
+CARRIED_METADATA = (
+    "PhaseEncodingDirection", "TotalReadoutTime", "EffectiveEchoSpacing", "SliceTiming",
+    "SliceEncodingDirection", "MultibandAccelerationFactor", "EchoTime", "RepetitionTime",
+    "MagneticFieldStrength", "Manufacturer", "ManufacturersModelName",
+)
+
+
+class _DenoisingMetadataInputSpec(BaseInterfaceInputSpec):
+    method = traits.Enum(*METHOD_NAMES, mandatory=True, desc="denoiser")
+    parameters = traits.Dict(mandatory=True, desc="every parameter of the method and the split")
+    groups = traits.List(traits.Dict, mandatory=True, desc="groups from SplitShells")
+    n_denoised = traits.List(traits.Int, mandatory=True, desc="denoised volumes per group")
+    devices = traits.List(traits.Str, mandatory=True, desc="device of each group")
+    run_times = traits.List(traits.Float, mandatory=True, desc="seconds per group")
+    sources = traits.List(traits.Str, mandatory=True, desc="bids:raw: URIs of the inputs")
+    raw_metadata = traits.Dict(desc="sidecar metadata of the raw run")
+
+
+class _DenoisingMetadataOutputSpec(TraitedSpec):
+    dwi_metadata = traits.Dict(desc="sidecar of the denoised series")
+    noise_metadata = traits.Dict(desc="sidecar of the noise map")
+
+
+class DenoisingMetadata(SimpleInterface):
+    """Build the sidecars of the denoised series and of its noise map."""
+
+    input_spec = _DenoisingMetadataInputSpec
+    output_spec = _DenoisingMetadataOutputSpec
+
+    def _run_interface(self, runtime):
+        method = METHOD_NAMES[self.inputs.method]
+        groups = []
+        for group, n_denoised, device, seconds in zip(
+            self.inputs.groups, self.inputs.n_denoised, self.inputs.devices, self.inputs.run_times
+        ):
+            groups.append({**group, "Denoised": n_denoised > 0, "Device": device, "RunTime": seconds})
+        raw = self.inputs.raw_metadata if isdefined(self.inputs.raw_metadata) else {}
+        carried = {key: raw[key] for key in CARRIED_METADATA if key in raw}
+        provenance = {
+            "DenoisingMethod": method,
+            "DenoisingParameters": dict(self.inputs.parameters),
+            "VolumeGroups": groups,
+            "Devices": sorted(set(self.inputs.devices)),
+            "RunTime": round(sum(self.inputs.run_times), 3),
+            "SoftwareName": "bids_denoise",
+            "SoftwareVersion": __version__,
+        }
+        shells = [g for g in groups if g["label"] != "b0"]
+        self._results["dwi_metadata"] = {
+            **carried,
+            "Description": (
+                f"Diffusion-weighted series denoised with {method}; "
+                f"{len(shells)} diffusion-weighted group(s) and "
+                f"{'a' if len(groups) > len(shells) else 'no'} b0 group, volumes in the original order."
+            ),
+            "Sources": list(self.inputs.sources),
+            "SkullStripped": False,
+            **provenance,
+        }
+        self._results["noise_metadata"] = {
+            "Description": (
+                f"Root mean square over the denoised volumes of the {method} residual "
+                "(noisy minus denoised signal), in the units of the input series."
+            ),
+            "Sources": list(self.inputs.sources),
+            "SkullStripped": False,
+            **provenance,
+        }
+        return runtime
