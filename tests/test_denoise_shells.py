@@ -137,7 +137,7 @@ def test_volume_group_properties_and_dict():
     assert g.size == 3
     assert g.nominal_bvalue == 1000
     d = g.as_dict()
-    assert d == {"label": "b1000", "bvalue": 1000, "count": 3, "volumes": [1, 4, 7]}
+    assert d == {"Label": "b1000", "BValue": 1000, "Count": 3, "Volumes": [1, 4, 7]}
     b0 = VolumeGroup("b0", (0,), (20.0,), True)
     assert b0.nominal_bvalue == 0
 

@@ -16,7 +16,7 @@ def _split(paths, tmp_path, **kwargs):
 def test_split_groups_by_shell_keeping_acquisition_order(multishell_series, tmp_path):
     data, bvals, paths = multishell_series
     out = _split(paths, tmp_path)
-    assert [g["label"] for g in out.groups] == ["b0", "b1000", "b2000"]
+    assert [g["Label"] for g in out.groups] == ["b0", "b1000", "b2000"]
     assert out.group_indices == [[0, 4, 10], [1, 3, 6, 8, 11], [2, 5, 7, 9, 12]]
     for path, bval_path, index in zip(out.group_files, out.group_bval_files, out.group_indices):
         np.testing.assert_array_equal(nb.load(path).get_fdata(dtype=np.float32), data[..., index])
@@ -27,7 +27,7 @@ def test_split_threshold_and_grouping_are_honoured(multishell_series, tmp_path):
     _, _, paths = multishell_series
     out = _split(paths, tmp_path, b0_threshold=1, grouping="all")
     # b=5 is not a b0 under a threshold of 1, and all DWIs are pooled.
-    assert [g["label"] for g in out.groups] == ["b0", "dwi"]
+    assert [g["Label"] for g in out.groups] == ["b0", "dwi"]
     assert out.group_indices[0] == [0, 10]
     assert 4 in out.group_indices[1]
 

@@ -56,12 +56,12 @@ class VolumeGroup:
         return int(round(median, -1)) if median >= 100 else int(round(median))
 
     def as_dict(self) -> dict:
-        """A JSON-friendly summary, as recorded in sidecars."""
+        """A JSON-friendly summary with BIDS-style keys, as recorded in sidecars."""
         return {
-            "label": self.label,
-            "bvalue": self.nominal_bvalue,
-            "count": self.size,
-            "volumes": list(self.indices),
+            "Label": self.label,
+            "BValue": self.nominal_bvalue,
+            "Count": self.size,
+            "Volumes": list(self.indices),
         }
 
 

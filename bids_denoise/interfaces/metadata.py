@@ -61,7 +61,7 @@ class DenoisingMetadata(SimpleInterface):
             "SoftwareName": "bids_denoise",
             "SoftwareVersion": __version__,
         }
-        shells = [g for g in groups if g["label"] != "b0"]
+        shells = [g for g in groups if g["Label"] != "b0"]
         self._results["dwi_metadata"] = {
             **carried,
             "Description": (

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import logging
 import time
+import warnings
 
 import nibabel as nb
 import numpy as np
@@ -25,6 +26,8 @@ from bids_denoise.denoise.shells import B0_THRESHOLD
 from bids_denoise.errors import DataError
 from bids_denoise.interfaces.shells import _save_like, load_bvals
 from bids_denoise.utils.threads import limit_threads
+
+LOGGER = logging.getLogger("nipype.interface")
 
 
 class _Patch2SelfInputSpec(BaseInterfaceInputSpec):
@@ -71,7 +74,8 @@ class Patch2Self(SimpleInterface):
             mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
         device = resolve_device(self.inputs.device)
         started = time.perf_counter()
-        with limit_threads(self.inputs.num_threads):
+        with limit_threads(self.inputs.num_threads), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
             try:
                 denoised, noise = patch2self_with_noise(
                     data, bvals, patch_radius=self.inputs.patch_radius, model=self.inputs.model,
@@ -82,6 +86,8 @@ class Patch2Self(SimpleInterface):
                 )
             except ValueError as err:
                 raise DataError(f"{self.inputs.in_file}: {err}") from err
+        for warning in caught:
+            LOGGER.warning("%s: %s", self.inputs.in_file, warning.message)
         self._results["run_time"] = round(time.perf_counter() - started, 3)
         self._results["device"] = str(device)
         copied = (not self.inputs.b0_denoising and bool(np.all(bvals <= self.inputs.b0_threshold)))

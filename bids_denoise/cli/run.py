@@ -1,0 +1,369 @@
+"""``bids-denoise``: the command-line entry point.
+
+:func:`main` runs one BIDS App invocation and returns its exit status. Every anticipated
+failure is a :class:`~bids_denoise.errors.BidsDenoiseError` whose ``exit_code`` becomes the
+status (see :mod:`bids_denoise.errors`); a failing Nipype workflow returns 1.
+
+Flow
+----
+1. Parse the command line into :mod:`bids_denoise.config` and set up logging.
+2. Check the analysis level (17), the method and the device (64).
+3. Validate the input dataset unless ``--skip-bids-validation`` (16).
+4. Index the dataset and select the DWI runs (18 if labels/filters select none, 66 if the
+   dataset has no DWI at all).
+5. ``group``: summarise the existing outputs into ``group_summary.tsv`` and stop.
+6. Write the resolved configuration to ``<work_dir>/<run_uuid>/config.toml``.
+7. ``--boilerplate-only``: write ``<output_dir>/logs/CITATION.md`` and stop.
+8. Build the workflow, write ``dataset_description.json`` and ``.bidsignore``, run it.
+9. Print what was processed and where the outputs and logs are.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+
+from bids_denoise.cli.version import PROG
+from bids_denoise.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    AnalysisLevelError,
+    BidsDenoiseError,
+    EmptySelectionError,
+    MissingInputError,
+    UsageError,
+    ValidationError,
+)
+
+#: Levels this app accepts (BIDS Apps 1.0 names).
+ANALYSIS_LEVELS = ("participant", "group")
+#: Methods the parser knows but this version cannot run yet, with the message to show.
+UNAVAILABLE_METHODS = {"ddm2": "DDM2 is not available yet in this version (see issue #4)"}
+#: Environment variables that cap the threads of numerical libraries in every process.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: Name of the group-level table, written at the root of the output folder.
+GROUP_SUMMARY = "group_summary.tsv"
+#: Sidecars of the denoised series that the group level summarises.
+DENOISED_SIDECAR_GLOB = "*_desc-denoised_dwi.json"
+GROUP_COLUMNS = ("subject", "session", "acquisition", "direction", "run", "method", "groups", "runtime_s", "sidecar")
+_ENTITY_RE = re.compile(r"(?:^|_)(sub|ses|acq|dir|run)-([A-Za-z0-9]+)")
+_ENTITY_COLUMNS = {"sub": "subject", "ses": "session", "acq": "acquisition", "dir": "direction", "run": "run"}
+
+
+def _config():
+    from bids_denoise import config
+
+    return config
+
+
+# ----------------------------------------------------------------------------------- checks
+def check_analysis_level(level: str) -> None:
+    """Raise :class:`AnalysisLevelError` (17) unless ``level`` is supported."""
+    if level not in ANALYSIS_LEVELS:
+        raise AnalysisLevelError(
+            f"analysis level {level!r} is not supported; choose one of: {', '.join(ANALYSIS_LEVELS)}"
+        )
+
+
+def check_method(method: str) -> None:
+    """Raise :class:`UsageError` (64) for methods that this version cannot run."""
+    if method in UNAVAILABLE_METHODS:
+        raise UsageError(UNAVAILABLE_METHODS[method])
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`UsageError` (64) when ``--device cuda`` is asked for but none is visible."""
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(
+            "--device cuda was requested but PyTorch sees no CUDA device (in a container, pass the "
+            "GPU through, e.g. docker run --gpus all or apptainer run --nv); use --device auto or cpu."
+        )
+
+
+def validate_input() -> None:
+    """Run the BIDS validator on the input; raise :class:`ValidationError` (16) if it fails."""
+    config = _config()
+    log = config.loggers.cli
+    from bids_denoise.utils.validator import validate_input_dataset
+
+    excluded = []
+    labels = config.execution.participant_label
+    if labels:
+        # issues inside subjects that are not processed must not block this run
+        present = [p.name[4:] for p in Path(config.execution.bids_dir).glob("sub-*") if p.is_dir()]
+        excluded = sorted(set(present) - set(labels))
+    ok, report = validate_input_dataset(config.execution.bids_dir, exclude_subjects=excluded)
+    if ok is None:
+        log.warning(
+            "The BIDS validator is not installed; the input dataset %s is NOT validated. %s",
+            config.execution.bids_dir,
+            report or "",
+        )
+        return
+    if not ok:
+        raise ValidationError(
+            f"the input dataset {config.execution.bids_dir} failed BIDS validation "
+            f"(use --skip-bids-validation to proceed anyway):\n{report or '(no report)'}"
+        )
+    log.info("The input dataset passed BIDS validation.")
+
+
+def collect_runs() -> dict:
+    """Index the input and select the DWI runs of every selected subject.
+
+    Returns ``{subject_label: [DWIRun, ...]}`` with only subjects that have runs.
+    """
+    from bids_denoise.utils.bids import collect_dwi_runs, collect_participants, init_layout
+
+    config = _config()
+    execution = config.execution
+    log = config.loggers.cli
+    layout = init_layout(execution.bids_dir, database_dir=execution.bids_database_dir)
+    execution.layout = layout
+    subjects = list(collect_participants(layout, participant_label=execution.participant_label) or [])
+
+    runs_by_subject = {}
+    for subject in subjects:
+        runs = list(
+            collect_dwi_runs(layout, subject, sessions=execution.session_label, bids_filters=execution.bids_filters)
+            or []
+        )
+        if runs:
+            runs_by_subject[subject] = runs
+        else:
+            log.warning("No DWI run was selected for sub-%s; it is skipped.", subject)
+
+    if not runs_by_subject:
+        selection = []
+        if execution.participant_label:
+            selection.append(f"participants {', '.join(execution.participant_label)}")
+        if execution.session_label:
+            selection.append(f"sessions {', '.join(execution.session_label)}")
+        if execution.bids_filters:
+            selection.append(f"the filters in {execution.bids_filter_file or '--bids-filter-file'}")
+        if selection:
+            raise EmptySelectionError(
+                f"no DWI run in {execution.bids_dir} matches {' and '.join(selection)}. "
+                "Check the labels (without sub-/ses-) and the filters."
+            )
+        raise MissingInputError(
+            f"the dataset {execution.bids_dir} contains no DWI series (sub-*/[ses-*/]dwi/*_dwi.nii[.gz]) "
+            "to denoise."
+        )
+    return runs_by_subject
+
+
+def set_thread_limits(nthreads: int) -> None:
+    """Cap OpenMP/MKL/OpenBLAS (inherited by Nipype's worker processes) and PyTorch threads."""
+    for name in THREAD_ENV_VARS:
+        os.environ[name] = str(int(nthreads))
+    import torch
+
+    torch.set_num_threads(int(nthreads))
+
+
+# ------------------------------------------------------------------------------ group level
+def _format_groups(groups) -> str:
+    """``b0:6;b1000:60`` from the sidecar's ``VolumeGroups``."""
+    return ";".join(f"{group['Label']}:{group['Count']}" for group in groups)
+
+
+def summarise_outputs(output_dir: Path, participants=None, sessions=None) -> list[dict]:
+    """One row per ``*_desc-denoised_dwi.json`` under ``output_dir`` (see :data:`GROUP_COLUMNS`)."""
+    log = _config().loggers.cli
+    rows = []
+    for sidecar in sorted(Path(output_dir).rglob(DENOISED_SIDECAR_GLOB)):
+        row = dict.fromkeys(GROUP_COLUMNS)
+        for key, value in _ENTITY_RE.findall(sidecar.name):
+            row[_ENTITY_COLUMNS[key]] = value
+        if participants and row["subject"] not in participants:
+            continue
+        if sessions and row["session"] not in sessions:
+            continue
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("Cannot read %s (%s); its row has no metadata.", sidecar, exc)
+            meta = {}
+        if not isinstance(meta, dict):
+            meta = {}
+        row["method"] = meta.get("DenoisingMethod")
+        row["groups"] = _format_groups(meta.get("VolumeGroups", [])) or None
+        row["runtime_s"] = meta.get("RunTime")
+        row["sidecar"] = sidecar.relative_to(output_dir).as_posix()
+        rows.append(row)
+    return rows
+
+
+def run_group_level() -> int:
+    """Write ``<output_dir>/group_summary.tsv``, or log that there is nothing to do."""
+    config = _config()
+    execution = config.execution
+    rows = summarise_outputs(execution.output_dir, execution.participant_label, execution.session_label)
+    if not rows:
+        config.loggers.cli.log(
+            config.IMPORTANT,
+            "No denoised outputs (%s) in %s: nothing to do at the group level.",
+            DENOISED_SIDECAR_GLOB,
+            execution.output_dir,
+        )
+        print(f"{PROG}: nothing to do at the group level (no {DENOISED_SIDECAR_GLOB} in {execution.output_dir}).")
+        return EXIT_OK
+    out_file = Path(execution.output_dir) / GROUP_SUMMARY
+    with open(out_file, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=GROUP_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "n/a" if value is None else value for key, value in row.items()})
+    print(f"{PROG}: group summary of {len(rows)} denoised series written to {out_file}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ boilerplate
+def write_boilerplate() -> Path:
+    """Write ``<output_dir>/logs/CITATION.md``, the methods text of the configured run."""
+    from bids_denoise.utils.atomic import atomic_write_text
+    from bids_denoise.workflows.base import build_boilerplate
+
+    out_file = Path(_config().execution.output_dir) / "logs" / "CITATION.md"
+    return atomic_write_text(out_file, build_boilerplate())
+
+
+# -------------------------------------------------------------------------- participant level
+def _describe_run(run) -> str:
+    try:
+        return Path(run.dwi_file).relative_to(_config().execution.bids_dir).as_posix()
+    except ValueError:
+        return str(run.dwi_file)
+
+
+def write_graph(wf) -> None:
+    """Draw the workflow as SVG into ``<work_dir>/<run_uuid>/`` (a failure only warns)."""
+    config = _config()
+    target = Path(config.execution.work_dir) / config.execution.run_uuid / "graph.dot"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        wf.write_graph(graph2use="colored", format="svg", simple_form=True, dotfilename=str(target))
+    except Exception as exc:  # Graphviz missing or failing must not stop the run
+        config.loggers.cli.warning("Could not write the workflow graph (%s).", exc)
+
+
+def run_participant_level(runs_by_subject: dict) -> int:
+    """Build and run the Nipype workflow; 0 on success, 1 if it fails."""
+    config = _config()
+    execution = config.execution
+    log = config.loggers.cli
+    log_dir = Path(execution.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config.nipype.init()
+    set_thread_limits(config.nipype.omp_nthreads)
+
+    from bids_denoise.workflows.base import init_bids_denoise_wf
+
+    wf = init_bids_denoise_wf(runs_by_subject)
+    if not getattr(wf, "base_dir", None):
+        wf.base_dir = str(execution.work_dir)
+    if execution.write_graph:
+        write_graph(wf)
+
+    from bids_denoise.utils.derivatives import write_bidsignore, write_derivative_description
+
+    output_dir = Path(execution.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_derivative_description(output_dir=output_dir, bids_dir=execution.bids_dir)
+    write_bidsignore(output_dir)
+    citation = write_boilerplate()
+
+    nruns = sum(len(runs) for runs in runs_by_subject.values())
+    log.log(config.IMPORTANT, "Denoising %d DWI run(s) of %d subject(s).", nruns, len(runs_by_subject))
+    try:
+        wf.run(**config.nipype.get_plugin())
+    except Exception as exc:
+        log.critical("The bids_denoise workflow failed: %s", exc)
+        print(
+            f"{PROG}: error: the workflow failed ({exc}).\n"
+            f"  Crash files: {log_dir}\n"
+            f"  Run again with the same -w {execution.work_dir} to resume after fixing the cause.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+    lines = [f"{PROG}: finished {nruns} DWI run(s):"]
+    for subject, runs in runs_by_subject.items():
+        for run in runs:
+            lines.append(f"  sub-{subject}: {_describe_run(run)}")
+    lines += [
+        f"  Outputs: {output_dir}",
+        f"  Methods: {citation}",
+        f"  Logs and crash files: {log_dir}",
+        f"  Configuration: {Path(execution.work_dir) / execution.run_uuid / 'config.toml'}",
+    ]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------ main
+def _main(argv) -> int:
+    from bids_denoise.cli.parser import parse_args
+
+    config = _config()
+    try:
+        parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors (64)
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_FAILURE
+    config.loggers.init()
+    execution = config.execution
+    log = config.loggers.cli
+    log.info("Running %s", " ".join(execution.cmdline))
+
+    check_analysis_level(execution.analysis_level)
+    check_method(config.workflow.method)
+    check_device(config.workflow.device)
+
+    if execution.skip_bids_validation:
+        log.info("BIDS validation skipped (--skip-bids-validation).")
+    else:
+        validate_input()
+
+    runs_by_subject = collect_runs()
+
+    if execution.analysis_level == "group":
+        return run_group_level()
+
+    config_file = config.to_filename(Path(execution.work_dir) / execution.run_uuid / "config.toml")
+    log.info("Configuration written to %s", config_file)
+
+    if execution.boilerplate_only:
+        citation = write_boilerplate()
+        print(f"{PROG}: methods boilerplate written to {citation}")
+        return EXIT_OK
+
+    return run_participant_level(runs_by_subject)
+
+
+def main(argv=None) -> int:
+    """Run ``bids-denoise`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    try:
+        return _main(argv)
+    except BidsDenoiseError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # a bug or an unexpected environment problem
+        traceback.print_exc(file=sys.stderr)
+        print(f"{PROG}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

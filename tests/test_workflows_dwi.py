@@ -1,0 +1,63 @@
+import nibabel as nb
+import numpy as np
+import pytest
+
+from bids_denoise.denoise.patch2self import patch2self_with_noise
+from bids_denoise.workflows.dwi import init_dwi_denoise_wf
+
+
+def _node(workflow, name):
+    return workflow.get_node(name)
+
+
+def test_graph_has_split_mapnode_merge_and_the_embedding_nodes():
+    wf = init_dwi_denoise_wf(b0_threshold=80, shell_tolerance=30, patch_radius=1, omp_nthreads=3)
+    names = set(wf.list_node_names())
+    assert {"inputnode", "split_shells", "denoise", "merge_shells", "outputnode"} <= names
+    assert set(_node(wf, "inputnode").inputs.copyable_trait_names()) == {
+        "dwi_file", "bval_file", "bvec_file", "mask_file",
+    }
+    assert {"denoised_file", "bval_file", "bvec_file", "noise_file"} <= set(
+        _node(wf, "outputnode").inputs.copyable_trait_names()
+    )
+    denoise = _node(wf, "denoise")
+    assert denoise.iterfield == ["in_file", "bval_file"]
+    assert denoise.n_procs == 3
+    assert denoise.inputs.patch_radius == [1, 1, 1]
+
+
+def test_the_b0_threshold_reaches_every_node_that_uses_it():
+    wf = init_dwi_denoise_wf(b0_threshold=123.0)
+    assert _node(wf, "split_shells").inputs.b0_threshold == 123.0
+    assert _node(wf, "denoise").inputs.b0_threshold == 123.0
+
+
+def test_graph_wiring():
+    wf = init_dwi_denoise_wf()
+    graph = wf._graph
+    edges = {(u.name, v.name) for u, v in graph.edges()}
+    assert ("inputnode", "split_shells") in edges
+    assert ("split_shells", "denoise") in edges
+    assert ("denoise", "merge_shells") in edges
+    assert ("merge_shells", "outputnode") in edges
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method"):
+        init_dwi_denoise_wf(method="mppca")
+
+
+@pytest.mark.parametrize("grouping", ["shell", "all"])
+def test_workflow_output_equals_the_engine(multishell_series, tmp_path, grouping):
+    data, bvals, paths = multishell_series
+    wf = init_dwi_denoise_wf(shell_grouping=grouping, omp_nthreads=1)
+    wf.base_dir = str(tmp_path / "work")
+    for field, path in zip(("dwi_file", "bval_file", "bvec_file"), paths):
+        setattr(wf.inputs.inputnode, field, str(path))
+    result = wf.run()
+    merge = next(node for node in result.nodes() if node.name == "merge_shells")
+    denoised = nb.load(merge.result.outputs.out_file).get_fdata(dtype=np.float32)
+    expected, noise = patch2self_with_noise(data, bvals, grouping=grouping, progress=False)
+    np.testing.assert_allclose(denoised, expected, rtol=0, atol=1e-4)
+    merged_noise = nb.load(merge.result.outputs.noise_file).get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(merged_noise, noise, rtol=1e-5)
