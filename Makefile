@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bids-denoise $$($(BIN)/python -c "import bids_denoise.data as d; print(d.example_dataset())") \
-		demo-out participant -w demo-work --skip-bids-validation
+	$(BIN)/bids-denoise "$$($(BIN)/python -c 'from bids_denoise.data import example_dataset; print(example_dataset())')" \
+		demo-out participant -w demo-work
 	@echo "Derivatives written to ./demo-out"
 
 test: $(STAMP)
