@@ -12,6 +12,8 @@ EXIT_EMPTY_SELECTION = 18
 EXIT_USAGE = 64
 EXIT_DATA = 65
 EXIT_NO_INPUT = 66
+EXIT_CANNOT_CREATE = 73
+EXIT_IO = 74
 
 
 class BidsDenoiseError(Exception):
@@ -54,3 +56,9 @@ class MissingInputError(BidsDenoiseError):
     """A valid dataset lacks a file that is needed (EX_NOINPUT)."""
 
     exit_code = EXIT_NO_INPUT
+
+
+class CannotCreateError(BidsDenoiseError):
+    """An output cannot be created: the folder is not writable (EX_CANTCREAT)."""
+
+    exit_code = EXIT_CANNOT_CREATE

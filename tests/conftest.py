@@ -45,3 +45,36 @@ def _quiet_small_group_warnings():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Patch2Self: group .* volumes", category=UserWarning)
         yield
+
+
+@pytest.fixture
+def isolated_app_state(monkeypatch):
+    """Reset bids_denoise's config; restore threads, loggers and Nipype's config afterwards.
+
+    ``bids_denoise.cli.run.main`` sets all of these process-wide, so in-process CLI tests
+    use this fixture to stay independent of each other.
+    """
+    import logging
+
+    import torch
+    from nipype import config as nipype_config
+
+    from bids_denoise import config
+    from bids_denoise.cli.run import THREAD_ENV_VARS
+
+    for name in (*THREAD_ENV_VARS, "NIPYPE_NO_ET"):
+        monkeypatch.setenv(name, "sentinel")
+    threads = torch.get_num_threads()
+    names = ("bids_denoise", "bids_denoise.cli", "nipype.workflow", "nipype.interface", "nipype.utils")
+    saved_loggers = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in names}
+    saved_nipype = {s: dict(nipype_config._config.items(s, raw=True)) for s in nipype_config._config.sections()}
+    config.reset()
+    yield
+    config.reset()
+    torch.set_num_threads(threads)
+    for name, (level, handlers) in saved_loggers.items():
+        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).handlers[:] = handlers
+    for section, values in saved_nipype.items():
+        for key, value in values.items():
+            nipype_config._config.set(section, key, value)

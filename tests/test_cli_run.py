@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bids_denoise import __version__, config
+import bids_denoise.cli.run as run_module
 from bids_denoise.cli.run import THREAD_ENV_VARS, main
 from bids_denoise.errors import (
     EXIT_ANALYSIS_LEVEL,
@@ -31,13 +32,16 @@ from bids_denoise.errors import (
     EXIT_VALIDATION,
 )
 
-_LOGGER_NAMES = ("bids_denoise", "bids_denoise.cli", "nipype.workflow", "nipype.interface", "nipype.utils")
 
 
 @dataclass
 class FakeRun:
     subject: str
     dwi_file: Path
+
+    @property
+    def name(self):
+        return f"sub_{self.subject}_{self.dwi_file.name.split('.')[0]}"
 
 
 class FakeWorkflow:
@@ -111,7 +115,7 @@ class FakeApp:
             return [s for s in self.subjects if s in participant_label]
         return list(self.subjects)
 
-    def collect_dwi_runs(self, layout, subject, sessions=None, bids_filters=None):
+    def collect_dwi_runs(self, layout, subject, sessions=None, bids_filters=None, problems=None):
         self.collect_args.append((subject, sessions, bids_filters))
         return list(self.runs.get(subject, []))
 
@@ -160,30 +164,22 @@ def app(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "bids_denoise.workflows.base",
                         _module("bids_denoise.workflows.base", init_bids_denoise_wf=fake.init_bids_denoise_wf,
                                 build_boilerplate=fake.build_boilerplate))  # fmt: skip
+    # Fake runs have no files: the per-run data checks have tests of their own.
+    monkeypatch.setattr(run_module, "preflight_runs", _accept_all_runs)
+    monkeypatch.setattr(run_module, "_mark_missing_outputs", lambda runs, statuses: None)
     return fake
 
 
-@pytest.fixture(autouse=True)
-def isolate(monkeypatch):
-    """Reset config; restore thread settings, loggers and Nipype's global config afterwards."""
-    import torch
-    from nipype import config as ncfg
+def _accept_all_runs(runs_by_subject, statuses):
+    from bids_denoise.cli.summary import RunStatus
 
-    for name in (*THREAD_ENV_VARS, "NIPYPE_NO_ET"):
-        monkeypatch.setenv(name, "sentinel")
-    threads = torch.get_num_threads()
-    saved_loggers = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in _LOGGER_NAMES}
-    saved_nipype = {s: dict(ncfg._config.items(s, raw=True)) for s in ncfg._config.sections()}
-    config.reset()
+    statuses.extend(RunStatus(str(r.dwi_file), r.name) for runs in runs_by_subject.values() for r in runs)
+    return runs_by_subject
+
+
+@pytest.fixture(autouse=True)
+def isolate(isolated_app_state):
     yield
-    config.reset()
-    torch.set_num_threads(threads)
-    for name, (level, handlers) in saved_loggers.items():
-        logging.getLogger(name).setLevel(level)
-        logging.getLogger(name).handlers[:] = handlers
-    for section, values in saved_nipype.items():
-        for key, value in values.items():
-            ncfg._config.set(section, key, value)
 
 
 # ------------------------------------------------------------------------------- success
@@ -523,11 +519,14 @@ def real_utils(tmp_path, monkeypatch):
     fake.bids = _tiny_dataset(tmp_path / "ds")
     fake.out = tmp_path / "derivatives"
     fake.work = tmp_path / "work"
-    from bids_denoise.workflows.base import build_boilerplate
+    from bids_denoise.workflows.base import build_boilerplate, denoising_parameters
 
     monkeypatch.setitem(sys.modules, "bids_denoise.workflows.base",
                         _module("bids_denoise.workflows.base", init_bids_denoise_wf=fake.init_bids_denoise_wf,
-                                build_boilerplate=build_boilerplate))  # fmt: skip
+                                build_boilerplate=build_boilerplate,
+                                denoising_parameters=denoising_parameters))  # fmt: skip
+    # The fake workflow writes no derivatives.
+    monkeypatch.setattr(run_module, "_mark_missing_outputs", lambda runs, statuses: None)
     return fake
 
 

@@ -21,16 +21,29 @@ Flow
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import re
 import sys
+import time
 import traceback
 from pathlib import Path
 
+from bids_denoise.cli.summary import (
+    FAILED,
+    SKIPPED,
+    RunStatus,
+    crash_reports,
+    format_summary,
+    mark_crashes,
+    overall_exit_code,
+)
 from bids_denoise.cli.version import PROG
 from bids_denoise.errors import (
+    CannotCreateError,
     EXIT_FAILURE,
+    EXIT_IO,
     EXIT_OK,
     AnalysisLevelError,
     BidsDenoiseError,
@@ -117,10 +130,11 @@ def validate_input() -> None:
     log.info("The input dataset passed BIDS validation.")
 
 
-def collect_runs() -> dict:
+def collect_runs(statuses: list | None = None) -> dict:
     """Index the input and select the DWI runs of every selected subject.
 
-    Returns ``{subject_label: [DWIRun, ...]}`` with only subjects that have runs.
+    Returns ``{subject_label: [DWIRun, ...]}`` with only subjects that have runs. Runs that
+    cannot be used (no gradients, empty file) are appended to ``statuses`` when it is given.
     """
     from bids_denoise.utils.bids import collect_dwi_runs, collect_participants, init_layout
 
@@ -132,9 +146,11 @@ def collect_runs() -> dict:
     subjects = list(collect_participants(layout, participant_label=execution.participant_label) or [])
 
     runs_by_subject = {}
+    problems = [] if statuses is not None else None
     for subject in subjects:
         runs = list(
-            collect_dwi_runs(layout, subject, sessions=execution.session_label, bids_filters=execution.bids_filters)
+            collect_dwi_runs(layout, subject, sessions=execution.session_label,
+                             bids_filters=execution.bids_filters, problems=problems)
             or []
         )
         if runs:
@@ -142,7 +158,10 @@ def collect_runs() -> dict:
         else:
             log.warning("No DWI run was selected for sub-%s; it is skipped.", subject)
 
-    if not runs_by_subject:
+    for dwi_file, error, skipped in problems or []:
+        statuses.append(RunStatus(_relative(dwi_file), state=SKIPPED if skipped else FAILED,
+                                  reason=str(error), exit_code=0 if skipped else error.exit_code))
+    if not runs_by_subject and not any(status.state == FAILED for status in statuses or []):
         selection = []
         if execution.participant_label:
             selection.append(f"participants {', '.join(execution.participant_label)}")
@@ -239,11 +258,11 @@ def write_boilerplate() -> Path:
 
 
 # -------------------------------------------------------------------------- participant level
-def _describe_run(run) -> str:
+def _relative(dwi_file) -> str:
     try:
-        return Path(run.dwi_file).relative_to(_config().execution.bids_dir).as_posix()
+        return Path(dwi_file).relative_to(_config().execution.bids_dir).as_posix()
     except ValueError:
-        return str(run.dwi_file)
+        return str(dwi_file)
 
 
 def write_graph(wf) -> None:
@@ -257,58 +276,143 @@ def write_graph(wf) -> None:
         config.loggers.cli.warning("Could not write the workflow graph (%s).", exc)
 
 
-def run_participant_level(runs_by_subject: dict) -> int:
-    """Build and run the Nipype workflow; 0 on success, 1 if it fails."""
+def preflight_runs(runs_by_subject: dict, statuses: list) -> dict:
+    """Check every run before any work starts and return those that can be processed.
+
+    A bad run is recorded as failed (or stops everything with ``--stop-on-first-crash``).
+    Runs that need more memory than ``--mem-gb``, or earlier outputs made with other
+    settings, stop the whole run before it starts.
+    """
+    from bids_denoise.denoise.patch2self import estimate_memory_gb
+    from bids_denoise.interfaces.metadata import METHOD_NAMES
+    from bids_denoise.utils.preflight import check_run, conflicting_outputs
+    from bids_denoise.workflows.base import denoising_parameters
+
+    config = _config()
+    settings, log = config.workflow, config.loggers.cli
+    parameters, method = denoising_parameters(), METHOD_NAMES[settings.method]
+    kept, too_big, conflicts = {}, [], []
+    for subject, runs in runs_by_subject.items():
+        for run in runs:
+            status = RunStatus(_relative(run.dwi_file), run.name)
+            statuses.append(status)
+            try:
+                checked = check_run(run, b0_threshold=settings.b0_threshold, patch_radius=settings.patch_radius,
+                                    grouping=settings.shell_grouping, shell_tolerance=settings.shell_tolerance)
+            except BidsDenoiseError as err:
+                if config.execution.stop_on_first_crash:
+                    raise
+                log.error("%s", err)
+                status.state, status.reason, status.exit_code = FAILED, str(err), err.exit_code
+                continue
+            for warning in checked.warnings:
+                log.warning("%s", warning)
+            need = estimate_memory_gb(checked.shape, patch_radius=settings.patch_radius,
+                                      group_size=checked.largest_group, device=settings.device)
+            if config.nipype.mem_gb and need > config.nipype.mem_gb:
+                too_big.append(f"{status.label} needs about {need:.1f} GB")
+            conflicts += conflicting_outputs(run, execution_output(), method=method, parameters=parameters)
+            kept.setdefault(subject, []).append(run)
+    if too_big:
+        raise UsageError(
+            f"not started: {'; '.join(too_big)}, more than --mem-gb {config.nipype.mem_gb:g}. Raise "
+            "--mem-gb, or lower --patch-radius."
+        )
+    if conflicts:
+        raise UsageError(
+            "not started: the output folder holds derivatives made with other settings, which this "
+            f"run would overwrite: {'; '.join(conflicts)}. Use another output folder, or remove them."
+        )
+    return kept
+
+
+def execution_output() -> Path:
+    return Path(_config().execution.output_dir)
+
+
+def check_output_dir() -> None:
+    """Create the output folder and prove it is writable, before any work starts."""
+    output_dir = execution_output()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".bids_denoise_write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CannotCreateError(f"cannot write to the output folder {output_dir}: {err.strerror or err}") from err
+
+
+def run_participant_level(runs_by_subject: dict, statuses: list) -> int:
+    """Build and run the Nipype workflow, then summarise every run; return the exit status."""
     config = _config()
     execution = config.execution
     log = config.loggers.cli
     log_dir = Path(execution.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    config.nipype.init()
-    set_thread_limits(config.nipype.omp_nthreads)
+    output_dir = execution_output()
+    citation = None
+    if runs_by_subject:
+        config.nipype.init()
+        set_thread_limits(config.nipype.omp_nthreads)
 
-    from bids_denoise.workflows.base import init_bids_denoise_wf
+        from bids_denoise.workflows.base import init_bids_denoise_wf
 
-    wf = init_bids_denoise_wf(runs_by_subject)
-    if not getattr(wf, "base_dir", None):
-        wf.base_dir = str(execution.work_dir)
-    if execution.write_graph:
-        write_graph(wf)
+        wf = init_bids_denoise_wf(runs_by_subject)
+        if not getattr(wf, "base_dir", None):
+            wf.base_dir = str(execution.work_dir)
+        if execution.write_graph:
+            write_graph(wf)
 
-    from bids_denoise.utils.derivatives import write_bidsignore, write_derivative_description
+        from bids_denoise.utils.derivatives import write_bidsignore, write_derivative_description
 
-    output_dir = Path(execution.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_derivative_description(output_dir=output_dir, bids_dir=execution.bids_dir)
-    write_bidsignore(output_dir)
-    citation = write_boilerplate()
+        write_derivative_description(output_dir=output_dir, bids_dir=execution.bids_dir)
+        write_bidsignore(output_dir)
+        citation = write_boilerplate()
 
-    nruns = sum(len(runs) for runs in runs_by_subject.values())
-    log.log(config.IMPORTANT, "Denoising %d DWI run(s) of %d subject(s).", nruns, len(runs_by_subject))
-    try:
-        wf.run(**config.nipype.get_plugin())
-    except Exception as exc:
-        log.critical("The bids_denoise workflow failed: %s", exc)
-        print(
-            f"{PROG}: error: the workflow failed ({exc}).\n"
-            f"  Crash files: {log_dir}\n"
-            f"  Run again with the same -w {execution.work_dir} to resume after fixing the cause.",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        nruns = sum(len(runs) for runs in runs_by_subject.values())
+        log.log(config.IMPORTANT, "Denoising %d DWI run(s) of %d subject(s).", nruns, len(runs_by_subject))
+        started = time.time()
+        try:
+            wf.run(**config.nipype.get_plugin())
+        except Exception as exc:
+            log.critical("The bids_denoise workflow failed: %s", exc)
+            crashes = crash_reports(log_dir, since=started)
+            mark_crashes(statuses, crashes)
+            if not any(status.state == FAILED for status in statuses):
+                for status in statuses:  # a failure outside any run's nodes
+                    if status.state == "ok":
+                        status.state, status.exit_code = FAILED, EXIT_FAILURE
+                        status.reason = f"the workflow failed: {str(exc).splitlines()[0]}"
+        _mark_missing_outputs(runs_by_subject, statuses)
 
-    lines = [f"{PROG}: finished {nruns} DWI run(s):"]
-    for subject, runs in runs_by_subject.items():
-        for run in runs:
-            lines.append(f"  sub-{subject}: {_describe_run(run)}")
+    code = overall_exit_code(statuses)
+    lines = [f"{PROG}: {'finished' if code == EXIT_OK else 'finished with errors'}.", format_summary(statuses),
+             f"  Outputs: {output_dir}"]
+    if citation:
+        lines.append(f"  Methods: {citation}")
     lines += [
-        f"  Outputs: {output_dir}",
-        f"  Methods: {citation}",
         f"  Logs and crash files: {log_dir}",
         f"  Configuration: {Path(execution.work_dir) / execution.run_uuid / 'config.toml'}",
     ]
-    print("\n".join(lines))
-    return EXIT_OK
+    if code != EXIT_OK:
+        lines.append(f"  Run again with the same -w {execution.work_dir} to resume after fixing the cause.")
+    print("\n".join(lines), file=sys.stdout if code == EXIT_OK else sys.stderr)
+    return code
+
+
+def _mark_missing_outputs(runs_by_subject: dict, statuses: list) -> None:
+    """A run reported ok must have its denoised series on disk (a stopped run has none)."""
+    from bids_denoise.utils.derivatives import derivative_path
+
+    by_name = {status.name: status for status in statuses}
+    for runs in runs_by_subject.values():
+        for run in runs:
+            status = by_name[run.name]
+            expected = derivative_path(run.dwi_file, execution_output(), desc="denoised", suffix="dwi",
+                                       extension=".nii.gz")
+            if status.state == "ok" and not expected.exists():
+                status.state, status.exit_code = FAILED, EXIT_FAILURE
+                status.reason = "no output was written (the run stopped before this run finished)"
 
 
 # ------------------------------------------------------------------------------------ main
@@ -336,10 +440,12 @@ def _main(argv) -> int:
     else:
         validate_input()
 
-    runs_by_subject = collect_runs()
-
     if execution.analysis_level == "group":
         return run_group_level()
+
+    check_output_dir()
+    statuses = []
+    runs_by_subject = preflight_runs(collect_runs(statuses), statuses)
 
     config_file = config.to_filename(Path(execution.work_dir) / execution.run_uuid / "config.toml")
     log.info("Configuration written to %s", config_file)
@@ -349,7 +455,7 @@ def _main(argv) -> int:
         print(f"{PROG}: methods boilerplate written to {citation}")
         return EXIT_OK
 
-    return run_participant_level(runs_by_subject)
+    return run_participant_level(runs_by_subject, statuses)
 
 
 def main(argv=None) -> int:
@@ -359,7 +465,13 @@ def main(argv=None) -> int:
     except BidsDenoiseError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # a bug or an unexpected environment problem
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            print(f"{PROG}: error: no space left on the device{where}; nothing partial was kept. "
+                  "Free space (or use another output folder) and run again.", file=sys.stderr)
+            return EXIT_IO
+        # a bug or an unexpected environment problem
         traceback.print_exc(file=sys.stderr)
         print(f"{PROG}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -407,7 +407,7 @@ def _nearest_gradient_file(layout, dwi_file: Path, extension: str) -> Path | Non
     return None
 
 
-def collect_dwi_runs(layout, subject, *, sessions=None, bids_filters=None) -> list[DWIRun]:
+def collect_dwi_runs(layout, subject, *, sessions=None, bids_filters=None, problems=None) -> list[DWIRun]:
     """Every magnitude DWI run of one subject, with gradients and metadata.
 
     Parameters
@@ -465,16 +465,22 @@ def collect_dwi_runs(layout, subject, *, sessions=None, bids_filters=None) -> li
             continue
         if dwi_file.stat().st_size == 0:
             LOGGER.warning("Skipping %s: the file is empty (0 bytes).", dwi_file)
+            if problems is not None:
+                problems.append((dwi_file, DataError(f"{dwi_file}: the file is empty (0 bytes)"), True))
             continue
         bval = _nearest_gradient_file(layout, dwi_file, ".bval")
         bvec = _nearest_gradient_file(layout, dwi_file, ".bvec")
         missing = [ext for ext, found in ((".bval", bval), (".bvec", bvec)) if found is None]
         if missing:
-            raise MissingInputError(
+            error = MissingInputError(
                 f"No {' or '.join(missing)} file for {dwi_file}: put "
                 f"{dwi_file.name.split('.')[0]}{missing[0]} next to it, or a shared one higher "
                 "up (inheritance principle)."
             )
+            if problems is None:
+                raise error
+            problems.append((dwi_file, error, False))
+            continue
         metadata = dict(layout.get_metadata(str(dwi_file)) or {})
         runs.append(DWIRun(dwi_file, bval, bvec, entities, metadata))
 

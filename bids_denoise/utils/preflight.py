@@ -1,0 +1,167 @@
+"""Check one DWI run before any work starts, so a bad run fails fast with a clear message.
+
+Every check names the offending file and says what is wrong. Errors are
+:class:`~bids_denoise.errors.DataError` (exit 65) or
+:class:`~bids_denoise.errors.MissingInputError` (exit 66); problems that do not stop the run
+come back as warnings.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+from bids_denoise.denoise.shells import group_volumes
+from bids_denoise.errors import DataError, MissingInputError
+
+#: b-vectors of diffusion-weighted volumes whose norm is off by more than this are reported.
+UNIT_TOLERANCE = 0.1
+
+
+@dataclass
+class RunCheck:
+    """What a successful check learnt about a run."""
+
+    shape: tuple
+    largest_group: int
+    warnings: list = field(default_factory=list)
+
+
+def _read_gradients(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.loadtxt(path, ndmin=2)
+    except ValueError as err:
+        raise DataError(f"{path}: the {what} are not numeric ({err})") from err
+
+
+def _load_image(dwi_file: Path):
+    try:
+        img = nb.load(dwi_file)
+        data = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nb.filebasedimages.ImageFileError) as err:
+        raise DataError(
+            f"{dwi_file}: the image cannot be read ({err}); the file may be truncated or corrupt"
+        ) from err
+    return img, data
+
+
+def check_bvals(bval_file: Path, n_volumes: int, dwi_file: Path) -> np.ndarray:
+    """Read the b-values and check their count and sign."""
+    bvals = _read_gradients(bval_file, "b-values").ravel()
+    if bvals.size != n_volumes:
+        raise DataError(f"{bval_file}: {bvals.size} b-values, but {dwi_file.name} has {n_volumes} volumes")
+    if not np.all(np.isfinite(bvals)):
+        raise DataError(f"{bval_file}: the b-values contain NaN or Inf")
+    if np.any(bvals < 0):
+        raise DataError(f"{bval_file}: negative b-values {sorted(set(bvals[bvals < 0].tolist()))}")
+    return bvals
+
+
+def check_bvecs(bvec_file: Path, bvals: np.ndarray, b0_threshold: float, dwi_file: Path) -> list[str]:
+    """Check the b-vector table's layout; return warnings about non-unit vectors."""
+    bvecs = _read_gradients(bvec_file, "b-vectors")
+    if bvecs.shape != (3, bvals.size):
+        hint = " (it looks transposed: BIDS stores 3 rows)" if bvecs.shape == (bvals.size, 3) else ""
+        raise DataError(
+            f"{bvec_file}: expected 3 rows x {bvals.size} columns (one per volume of "
+            f"{dwi_file.name}), got {bvecs.shape[0]} x {bvecs.shape[1]}{hint}"
+        )
+    if not np.all(np.isfinite(bvecs)):
+        raise DataError(f"{bvec_file}: the b-vectors contain NaN or Inf")
+    norms = np.linalg.norm(bvecs, axis=0)
+    off = np.flatnonzero((bvals > b0_threshold) & (np.abs(norms - 1) > UNIT_TOLERANCE))
+    if off.size:
+        return [
+            f"{bvec_file}: {off.size} diffusion-weighted b-vector(s) are not unit length "
+            f"(volumes {off[:5].tolist()}{'...' if off.size > 5 else ''}, norms "
+            f"{np.round(norms[off[:5]], 3).tolist()}); check the gradient table"
+        ]
+    return []
+
+
+def check_run(run, *, b0_threshold: float, patch_radius=(0, 0, 0), grouping: str = "shell",
+              shell_tolerance: float = 100.0) -> RunCheck:
+    """Check that ``run`` can be denoised; raise a named error if it cannot.
+
+    Parameters
+    ----------
+    run : DWIRun
+        The run, as discovered (``bval_file``/``bvec_file`` may be None if missing).
+    b0_threshold, patch_radius, grouping, shell_tolerance
+        The settings the run will be processed with.
+
+    Returns
+    -------
+    RunCheck
+        The image shape, the largest volume group (for memory estimates) and warnings.
+    """
+    dwi_file = Path(run.dwi_file)
+    for what, path in (("bval", run.bval_file), ("bvec", run.bvec_file)):
+        if path is None or not Path(path).is_file():
+            raise MissingInputError(f"{dwi_file}: no .{what} file was found for this run")
+    img, data = _load_image(dwi_file)
+    if data.ndim != 4:
+        raise DataError(f"{dwi_file}: a DWI series must be a 4D image, this one has shape {data.shape}")
+    n_volumes = data.shape[3]
+    bvals = check_bvals(Path(run.bval_file), n_volumes, dwi_file)
+    warnings = check_bvecs(Path(run.bvec_file), bvals, b0_threshold, dwi_file)
+    if np.issubdtype(data.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise DataError(f"{dwi_file}: {bad} voxel values are NaN or Inf")
+    n_b0 = int(np.count_nonzero(bvals <= b0_threshold))
+    n_dwi = n_volumes - n_b0
+    if n_dwi == 0:
+        raise DataError(
+            f"{dwi_file}: all {n_volumes} volumes have b <= {b0_threshold:g}; there is no "
+            "diffusion-weighted volume to denoise"
+        )
+    if n_b0 == 0:
+        raise DataError(
+            f"{dwi_file}: no volume has b <= {b0_threshold:g} (lowest b = {bvals.min():g}); if the "
+            "b=0 images are stored at a higher b-value, raise --b0-threshold"
+        )
+    if n_dwi == 1:
+        raise DataError(
+            f"{dwi_file}: only one diffusion-weighted volume; self-supervised denoising needs at "
+            "least two volumes per group"
+        )
+    for axis, (size, radius) in enumerate(zip(data.shape[:3], patch_radius)):
+        if size > 1 and radius >= size:
+            raise DataError(
+                f"{dwi_file}: the patch radius {radius} along axis {axis} is too large for an "
+                f"image of size {size}; use a smaller --patch-radius"
+            )
+    groups = group_volumes(bvals, b0_threshold=b0_threshold, grouping=grouping, shell_tolerance=shell_tolerance)
+    del data, img
+    return RunCheck(shape=tuple(int(s) for s in nb.load(dwi_file).shape),
+                    largest_group=max(group.size for group in groups), warnings=warnings)
+
+
+def conflicting_outputs(run, output_dir, *, method: str, parameters: dict) -> list[str]:
+    """Earlier derivatives of ``run`` in ``output_dir`` made with another method or settings.
+
+    Returns one line per conflicting sidecar naming the keys that differ; empty if there is
+    no earlier output or it was made the same way (a rerun then just refreshes it).
+    """
+    import json
+
+    from bids_denoise.utils.derivatives import derivative_path
+
+    sidecar = derivative_path(run.dwi_file, output_dir, desc="denoised", suffix="dwi", extension=".json")
+    if not sidecar.exists():
+        return []
+    try:
+        earlier = json.loads(sidecar.read_text())
+    except ValueError:
+        return [f"{sidecar} (its sidecar cannot be read)"]
+    previous = earlier.get("DenoisingParameters", {})
+    differing = [key for key, value in parameters.items() if previous.get(key) != value]
+    if earlier.get("DenoisingMethod") != method:
+        differing.insert(0, "DenoisingMethod")
+    return [f"{sidecar} ({', '.join(differing)} differ)"] if differing else []
