@@ -203,8 +203,14 @@ class _Block:
 
     bounds: tuple[int, int, int, int]
     source: torch.Tensor  # (m, n) the plan's volumes, in the source dtype
-    centre: torch.Tensor | None  # (m, n) float64 in the original units
-    features: torch.Tensor  # (m, n * p) float64; volume-major, patch-minor
+    features: torch.Tensor  # (m, n * p + 1) float64: shifted features, then a column of ones
+    plan: _Plan
+
+    def centre(self) -> torch.Tensor:
+        """(m, n) float64: the plan's volumes in the original units."""
+        n, p = self.plan.size, self.plan.patch_size
+        patches = self.features[:, : n * p].unflatten(1, (n, p))
+        return patches[:, :, self.plan.centre_offset] + self.plan.shift
 
 
 class _Workspace:
@@ -224,34 +230,36 @@ class _Workspace:
         return buffer[:size].view(shape)
 
 
-def _read_block(source, plan: _Plan, bounds, workspace: _Workspace, *, shifted: bool) -> _Block:
-    """Read a block; ``shifted`` subtracts ``plan.shift`` (always done when patches are built)."""
+def _read_block(source, plan: _Plan, bounds, workspace: _Workspace) -> _Block:
+    """Build a block's features: each volume minus its shift, in float64, plus a ones column.
+
+    The ones column makes one product give the Gram matrix with the feature sums, and the
+    predictions with their intercept.
+    """
     x0, x1, y0, y1 = bounds
     rx, ry, rz = plan.radius
     nx, ny, nz = source.shape[:3]
-    n = plan.size
+    n, p = plan.size, plan.patch_size
     xa, xb, ya, yb = max(x0 - rx, 0), min(x1 + rx, nx), max(y0 - ry, 0), min(y1 + ry, ny)
     raw = source[xa:xb, ya:yb]
     if not plan.whole_series:
         raw = raw.index_select(3, plan.volumes)
-    inner = raw[x0 - xa:x0 - xa + (x1 - x0), y0 - ya:y0 - ya + (y1 - y0)].reshape(-1, n)
-    if plan.patch_size == 1:
-        values = workspace.get("values", (raw.shape[0] * raw.shape[1] * nz, n))
-        values.copy_(raw.reshape(-1, n))
-        if shifted:
-            return _Block(bounds, inner, None, values.sub_(plan.shift))
-        return _Block(bounds, inner, values, values)
     bx, by = x1 - x0, y1 - y0
+    inner = raw[x0 - xa:x0 - xa + bx, y0 - ya:y0 - ya + by].reshape(-1, n)
+    features = workspace.get("features", (bx * by * nz, n * p + 1))
+    features[:, n * p] = 1.0
+    if p == 1:
+        torch.sub(raw.reshape(-1, n), plan.shift, out=features[:, :n])
+        return _Block(bounds, inner, features, plan)
     # Zero padding in the original units is -shift in shifted units.
     padded = (-plan.shift).expand(bx + 2 * rx, by + 2 * ry, nz + 2 * rz, n).clone()
     ox, oy = xa - (x0 - rx), ya - (y0 - ry)
     padded[ox:ox + (xb - xa), oy:oy + (yb - ya), rz:rz + nz] = raw.to(torch.float64) - plan.shift
-    features = torch.empty((bx * by * nz, n, plan.patch_size), dtype=torch.float64, device=raw.device)
+    patches = features[:, : n * p].unflatten(1, (n, p))
     offsets = product(range(2 * rx + 1), range(2 * ry + 1), range(2 * rz + 1))
     for o, (dx, dy, dz) in enumerate(offsets):
-        features[:, :, o] = padded[dx:dx + bx, dy:dy + by, dz:dz + nz].reshape(-1, n)
-    centre = features[:, :, plan.centre_offset] + plan.shift
-    return _Block(bounds, inner, centre, features.reshape(-1, n * plan.patch_size))
+        patches[:, :, o] = padded[dx:dx + bx, dy:dy + by, dz:dz + nz].reshape(-1, n)
+    return _Block(bounds, inner, features, plan)
 
 
 def _fit_rows(mask, bounds):
@@ -275,13 +283,6 @@ def _matmul(left: torch.Tensor, right: torch.Tensor, out: torch.Tensor | None = 
         np.matmul(left.numpy(), right.numpy(), out=out.numpy())
         return out
     return torch.matmul(left, right, out=out)
-
-
-def _accumulate(gram: torch.Tensor, total: torch.Tensor, rows: torch.Tensor):
-    """Add ``rows.T @ rows`` to ``gram`` and the column sums of ``rows`` to ``total``."""
-    gram += _matmul(rows.T, rows)
-    ones = torch.ones((1, rows.shape[0]), dtype=rows.dtype, device=rows.device)
-    total += _matmul(ones, rows)[0]
 
 
 def _weights_from_precision(precision: torch.Tensor, n: int, p: int, centre: int) -> torch.Tensor:
@@ -325,18 +326,16 @@ def _fit_plan(source, plan: _Plan, mask, model, alpha, device):
     """Return the feature means and the ``(n*p, n)`` weights of all groups of ``plan``."""
     n, p = plan.size, plan.patch_size
     size = n * p
-    gram = torch.zeros((size, size), dtype=torch.float64, device=device)
-    total = torch.zeros(size, dtype=torch.float64, device=device)
-    count = 0
+    augmented = torch.zeros((size + 1, size + 1), dtype=torch.float64, device=device)
     workspace = _Workspace(device)
     for bounds in _blocks(source.shape[:3], size, device):
-        block = _read_block(source, plan, bounds, workspace, shifted=True)
+        block = _read_block(source, plan, bounds, workspace)
         fit = _fit_rows(mask, bounds)
         rows = block.features if fit is None else block.features[fit]
-        _accumulate(gram, total, rows)
-        count += rows.shape[0]
-    mean = total / count
-    gram -= count * torch.outer(mean, mean)
+        augmented += _matmul(rows.T, rows)
+    count = augmented[size, size]  # the ones column: rows used, exactly
+    mean = augmented[:size, size] / count
+    gram = augmented[:size, :size] - count * torch.outer(mean, mean)
     weights = torch.zeros((size, n), dtype=torch.float64, device=device)
     for group in plan.groups:
         columns = plan.positions(group)
@@ -367,7 +366,7 @@ class _Output:
         x0, x1, y0, y1 = block.bounds
         everything_solved = bool(solved.all())
         if self.residual_ss is not None:
-            residual = block.centre - denoised
+            residual = block.centre() - denoised
             if not everything_solved:
                 residual = residual[:, solved]
             destination = self.residual_ss[x0:x1, y0:y1]
@@ -377,31 +376,42 @@ class _Output:
             noisy = block.source[:, solved].amin(0).to(torch.float64)
             self.noisy_min[volumes] = torch.minimum(self.noisy_min[volumes], noisy)
             self.denoised_min[volumes] = torch.minimum(self.denoised_min[volumes], denoised[:, solved].amin(0))
-        if self.clip:
-            denoised.clamp_min_(0.0)
+        clip = self.clip
         if not everything_solved:
+            if clip:
+                denoised.clamp_min_(0.0)
+                clip = False
             denoised[:, ~solved] = block.source[:, ~solved].to(torch.float64)
         if plan.whole_series:
             target = self.values[x0:x1, y0:y1]
-            target.copy_(denoised.view(target.shape))
+            _store(target, denoised.view(target.shape), clip=clip)
         else:
             shape = (x1 - x0, y1 - y0, self.values.shape[2], plan.size)
-            self.values[x0:x1, y0:y1, :, plan.volumes] = denoised.view(shape).to(self.values.dtype)
+            self.values[x0:x1, y0:y1, :, plan.volumes] = (
+                denoised.clamp_min_(0.0) if clip else denoised
+            ).view(shape).to(self.values.dtype)
+
+
+def _store(target: torch.Tensor, values: torch.Tensor, *, clip: bool):
+    """``target[...] = values`` (clipped at 0 if asked), converting to the target's dtype."""
+    if clip and target.device.type == "cpu":
+        # One pass that clips and converts; torch's clamp cannot write another dtype.
+        np.maximum(values.numpy(), 0.0, out=target.numpy(), casting="unsafe")
+    else:
+        target.copy_(values.clamp_min_(0.0) if clip else values)
 
 
 def _predict_plan(source, plan: _Plan, mean, weights, output: _Output, device):
-    # Prediction = centre mean + (features - mean) W, back in original units; the centring
-    # and the shift are folded into one bias. Without patches the features are read unshifted.
+    # Prediction = centre mean + (features - mean) W + shift: the constant terms ride on the
+    # ones column as a last row of weights, so one product gives the prediction.
     bias = mean[plan.centre_offset::plan.patch_size] - mean @ weights + plan.shift
-    shifted = plan.patch_size > 1
-    if not shifted:
-        bias = bias - plan.shift @ weights
+    weights = torch.cat([weights, bias[None]])
     solved = plan.solved
     workspace = _Workspace(device)
     for bounds in _blocks(source.shape[:3], plan.size * plan.patch_size, device):
-        block = _read_block(source, plan, bounds, workspace, shifted=shifted)
+        block = _read_block(source, plan, bounds, workspace)
         prediction = workspace.get("prediction", (block.features.shape[0], plan.size))
-        output.write(plan, block, _matmul(block.features, weights, out=prediction).add_(bias), solved)
+        output.write(plan, block, _matmul(block.features, weights, out=prediction), solved)
 
 
 def _make_estimator(model, alpha):
@@ -417,9 +427,9 @@ def _denoise_per_volume(source, plan: _Plan, mask, model, alpha, output: _Output
     """Slow path for models without a closed form: one fit per volume on a copied design."""
     n, p = plan.size, plan.patch_size
     whole = (0, source.shape[0], 0, source.shape[1])
-    block = _read_block(source, plan, whole, _Workspace(plan.volumes.device), shifted=False)
-    design = block.features.cpu().numpy()
-    targets = block.centre.cpu().numpy()
+    block = _read_block(source, plan, whole, _Workspace(plan.volumes.device))
+    design = block.features[:, : n * p].cpu().numpy()
+    targets = block.centre().cpu().numpy()
     fit = _fit_rows(mask, whole)
     fit = slice(None) if fit is None else fit.cpu().numpy()
     prediction = np.empty_like(targets)
