@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
+from bids_denoise.utils.threads import limit_threads
 from sklearn.linear_model import LinearRegression, Ridge
 
 from bids_denoise.denoise.patch2self import (
@@ -32,15 +34,9 @@ FLOAT32_RTOL = 1e-6
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These arrays are tiny: one torch and one BLAS thread per test process avoid
-    oversubscribing the cores when pytest-xdist runs several workers (with 2 torch threads
-    per worker on 2 busy cores, a radius-1 call was about 10x slower)."""
-    from threadpoolctl import threadpool_limits
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
+    oversubscribing the cores when pytest-xdist runs several workers."""
+    with limit_threads(1):
         yield
-    torch.set_num_threads(previous)
 
 
 def rel_err(ours, ref) -> float:

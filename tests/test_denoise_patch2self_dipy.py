@@ -12,9 +12,11 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
+import torch  # noqa: F401
 
 from bids_denoise.denoise.patch2self import patch2self
+from bids_denoise.utils.threads import limit_threads
+from tests.test_denoise_patch2self import rel_err
 
 pytestmark = pytest.mark.dipy
 
@@ -25,19 +27,8 @@ RTOL = 1e-4
 def _one_thread():
     """These arrays are tiny: one torch and one BLAS thread per test process avoid
     oversubscribing the cores when pytest-xdist runs several workers."""
-    from threadpoolctl import threadpool_limits
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
+    with limit_threads(1):
         yield
-    torch.set_num_threads(previous)
-
-
-def rel_err(ours, ref) -> float:
-    ours = np.asarray(ours, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
 
 
 @pytest.fixture(scope="module")
