@@ -12,7 +12,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch  # noqa: F401
 
 from bids_denoise.denoise.patch2self import patch2self
 from bids_denoise.utils.threads import limit_threads
