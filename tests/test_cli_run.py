@@ -374,10 +374,12 @@ def test_output_inside_bids_exits_64(app, capsys):
     assert "outside" in capsys.readouterr().err
 
 
-def test_ddm2_is_not_available_yet(app, capsys):
-    assert main(app.argv("--method", "ddm2")) == EXIT_USAGE
-    assert "DDM2 is not available yet in this version (see issue #4)" in capsys.readouterr().err
-    assert app.calls == []
+def test_ddm2_on_the_cpu_is_refused_without_force(app, capsys):
+    # the CPU guard (tests/test_workflows_ddm2.py checks it on real data, with the estimate)
+    assert main(app.argv("--method", "ddm2", "--device", "cpu")) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "DDM2 needs a CUDA GPU" in err and "--force" in err
+    assert "init_wf" not in app.calls and "run" not in app.calls
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is visible")
@@ -625,3 +627,12 @@ def test_real_nipype_failure_exits_1_and_leaves_a_crash_file(app, monkeypatch, c
     assert crash_files, list(app.work.rglob("*"))
     assert "deliberate failure inside a node" in crash_files[0].read_text()
     assert str(app.work / "logs") in capsys.readouterr().err
+
+
+def test_graph_plugins_report_runs_as_submitted(app, capsys, tmp_path):
+    plugin = tmp_path / "graph.yml"
+    plugin.write_text("plugin: SLURMGraph\nplugin_args:\n  dont_resubmit_completed_jobs: true\n")
+    assert main(app.argv("--use-plugin", str(plugin))) == EXIT_OK
+    assert app.run_kwargs["plugin"] == "SLURMGraph"
+    out = capsys.readouterr().out
+    assert "[submitted]" in out and "queued on the cluster" in out and "0 failed" in out

@@ -52,3 +52,15 @@ def test_metadata_records_groups_parameters_and_carries_raw_keys(tmp_path):
     assert [g["Denoised"] for g in meta["VolumeGroups"]] == [False, True]
     assert np.isclose(meta["RunTime"], 1.75)
     assert out.noise_metadata["Sources"] == meta["Sources"]
+
+
+def test_sink_takes_the_extension_from_the_file_name_not_the_folders(tmp_path):
+    node_dir = tmp_path / "first.last" / "work.d"
+    node_dir.mkdir(parents=True)
+    payload = node_dir / "denoised_dwi.nii.gz"
+    payload.write_bytes(b"x")
+    out = DerivativesDataSink(
+        base_directory=str(tmp_path / "out"), source_file="/d/sub-03/dwi/sub-03_dwi.nii.gz",
+        in_file=str(payload), desc="denoised", suffix="dwi",
+    ).run(cwd=str(node_dir)).outputs
+    assert out.out_file == str(tmp_path / "out/sub-03/dwi/sub-03_desc-denoised_dwi.nii.gz")

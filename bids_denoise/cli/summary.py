@@ -7,12 +7,13 @@ from pathlib import Path
 
 from bids_denoise.errors import EXIT_FAILURE, EXIT_OK
 
-OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+OK, FAILED, SKIPPED, SUBMITTED = "ok", "failed", "skipped", "submitted"
 
 
 @dataclass
 class RunStatus:
-    """The outcome of one run: ``ok``, ``failed`` (with why) or ``skipped`` (with why)."""
+    """The outcome of one run: ``ok``, ``failed`` or ``skipped`` (with why), or ``submitted``
+    to a cluster by a plugin that returns before its jobs finish (SLURMGraph, SGEGraph)."""
 
     label: str  # the raw file, relative to the dataset
     name: str = ""  # DWIRun.name, which also names the run's workflow
@@ -56,9 +57,10 @@ def overall_exit_code(statuses: list[RunStatus]) -> int:
 
 def format_summary(statuses: list[RunStatus]) -> str:
     """One line per run, grouped as the user reads them: ok, skipped, failed."""
-    counts = {state: sum(s.state == state for s in statuses) for state in (OK, SKIPPED, FAILED)}
-    lines = [f"Runs: {counts[OK]} ok, {counts[SKIPPED]} skipped, {counts[FAILED]} failed"]
-    for state in (OK, SKIPPED, FAILED):
+    states = (OK, SUBMITTED, SKIPPED, FAILED)
+    counts = {state: sum(s.state == state for s in statuses) for state in states}
+    lines = ["Runs: " + ", ".join(f"{counts[state]} {state}" for state in states if counts[state] or state != SUBMITTED)]
+    for state in states:
         for status in statuses:
             if status.state == state:
                 why = f": {status.reason}" if status.reason else ""

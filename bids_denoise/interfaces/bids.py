@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     Directory,
@@ -46,7 +48,7 @@ class DerivativesDataSink(SimpleInterface):
 
     def _run_interface(self, runtime):
         extension = self.inputs.extension if isdefined(self.inputs.extension) else None
-        extension = extension or split_extension(self.inputs.in_file)[1]
+        extension = extension or split_extension(Path(self.inputs.in_file).name)[1]
         out_file = derivative_path(
             self.inputs.source_file,
             self.inputs.base_directory,
