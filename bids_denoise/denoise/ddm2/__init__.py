@@ -1,0 +1,47 @@
+"""DDM2: self-supervised denoising of diffusion MRI with a generative diffusion model.
+
+Xiang, Wang, Zhang, Chen and Zaharchuk, "DDM2: Self-Supervised Diffusion MRI Denoising with
+Generative Diffusion Models", ICLR 2023. Our own PyTorch implementation, written from the paper
+and from notes on the reference implementation (shared/reference/ddm2.md).
+
+A pure algorithm package: no Nipype, and no file I/O except the stage checkpoints that
+:mod:`~bids_denoise.denoise.ddm2.checkpoints` writes into a directory chosen by the caller.
+
+Modules
+-------
+``schedule``     reverse warm-up beta schedule, Stage-II state matching, strided step pairs
+``unet``         the U-Net of both stages, its FLOP count
+``data``         per-volume normalisation, neighbour table, flips, noise shuffle, eq. 4 calibration
+``settings``     presets, :class:`DDM2Settings`, the runtime cost model
+``stages``       Stage I, II and III on one in-memory group
+``sampling``     batched reverse chains, each slice from its own ``t*``
+``checkpoints``  atomic, fingerprinted stage checkpoints
+``pipeline``     the entry point :func:`ddm2_denoise`
+"""
+
+from bids_denoise.denoise.ddm2.pipeline import DDM2Result, ddm2_denoise
+from bids_denoise.denoise.ddm2.settings import (
+    PRECISIONS,
+    PRESETS,
+    DDM2Settings,
+    estimate_runtime,
+    estimate_runtime_seconds,
+    format_duration,
+    preset_settings,
+    resolve_settings,
+)
+from bids_denoise.denoise.ddm2.unet import NetworkSettings
+
+__all__ = [
+    "DDM2Result",
+    "DDM2Settings",
+    "NetworkSettings",
+    "PRECISIONS",
+    "PRESETS",
+    "ddm2_denoise",
+    "estimate_runtime",
+    "estimate_runtime_seconds",
+    "format_duration",
+    "preset_settings",
+    "resolve_settings",
+]

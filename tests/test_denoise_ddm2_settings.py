@@ -1,0 +1,105 @@
+"""DDM2 presets, overrides, the cost model and the sidecar parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bids_denoise import config
+from bids_denoise.denoise.ddm2 import settings as ddm2_settings
+from bids_denoise.denoise.ddm2.settings import (
+    DDM2Settings,
+    estimate_runtime,
+    estimate_runtime_seconds,
+    estimate_series_seconds,
+    format_duration,
+    preset_settings,
+    resolve_settings,
+    sidecar_parameters,
+)
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+
+def test_presets_hold_the_documented_counts():
+    paper = preset_settings("paper")
+    assert (paper.stage1_steps, paper.stage3_steps, paper.batch_size) == (10_000, 100_000, 32)
+    assert (paper.sampling_steps, paper.flips, paper.eta, paper.precision) == (0, 4, 1.0, "fp32")
+    assert paper.n_neighbours == 2 and paper.learning_rate == 1e-4 and not paper.compile
+    assert paper.network.width == 32 and paper.network.channel_mults == (1, 2, 4, 8, 8)
+    assert paper.network.attention_levels == (3,) and paper.network.res_blocks == 2
+    assert (paper.n_timesteps, paper.beta_start, paper.beta_end) == (1000, 5e-5, 1e-2)
+    fast = preset_settings("fast")
+    assert (fast.stage1_steps, fast.stage3_steps, fast.sampling_steps, fast.flips) == (3000, 20_000, 25, 1)
+    assert fast.precision == "bf16" and fast.compile and fast.eta == 0.0
+    smoke = preset_settings("smoke")
+    assert smoke.stage1_steps < 100 and smoke.stage3_steps < 100 and smoke.network.width <= 8
+
+
+def test_overrides_replace_only_what_is_given():
+    resolved = resolve_settings("fast", stage1_steps=7, sampling_steps=0, flips=None, precision="fp32")
+    assert resolved.stage1_steps == 7 and resolved.sampling_steps == 0 and resolved.precision == "fp32"
+    assert resolved.flips == 1 and resolved.stage3_steps == 20_000 and resolved.preset == "fast"
+    with pytest.raises(ValueError, match="unknown DDM2 setting"):
+        resolve_settings("paper", stage2_steps=3)
+    for bad in (dict(flips=3), dict(stage1_steps=0), dict(sampling_steps=-1), dict(precision="fp16"),
+                dict(batch_size=2.5), dict(eta=2.0)):
+        with pytest.raises(ValueError):
+            resolve_settings("paper", **bad)
+    with pytest.raises(ValueError, match="preset"):
+        DDM2Settings(preset="slow")
+
+
+def test_the_config_knows_the_same_choices_as_the_engine():
+    assert config.DDM2_PRESETS == ddm2_settings.PRESETS
+    assert config.DDM2_PRECISIONS == ddm2_settings.PRECISIONS
+    assert config.DDM2_FLIPS == ddm2_settings.FLIP_COUNTS
+    assert {name[len("ddm2_"):] for name in config.DDM2_COUNTS} == set(ddm2_settings.COUNT_OVERRIDES)
+    fields = {f.name for f in dataclasses.fields(DDM2Settings)}
+    assert set(ddm2_settings.COUNT_OVERRIDES) <= fields
+
+
+def test_cost_model_matches_the_notes():
+    # shared/reference/ddm2.md section 5: 96x96x60 x 64 DWIs
+    shape = (96, 96, 60, 64)
+    paper_gpu = estimate_runtime(shape, "paper", device="cuda")
+    assert 1.5 * HOUR < paper_gpu.total < 4 * HOUR
+    assert 1.2 * HOUR < paper_gpu.stage3 < 2.5 * HOUR
+    assert 10 * 60 < paper_gpu.inference < 40 * 60
+    assert 15 * 60 < estimate_runtime_seconds(shape, "fast", device="cuda") < 45 * 60
+    assert estimate_runtime_seconds(shape, "paper", device="cpu") > 30 * DAY
+    assert estimate_runtime_seconds(shape, "fast", device="cpu") > 10 * DAY
+    assert estimate_runtime_seconds((16, 16, 3, 8), "smoke", device="cpu") < 60
+    # more threads, fewer steps: faster
+    assert estimate_runtime_seconds(shape, "paper", device="cpu", n_threads=8) < \
+        estimate_runtime_seconds(shape, "paper", device="cpu")
+    assert estimate_runtime_seconds(shape, "paper", device="cuda", stage3_steps=1000) < paper_gpu.total / 4
+
+
+def test_series_estimate_sums_the_shells_and_ignores_b0s():
+    bvals = np.array([0] * 4 + [1000] * 30 + [2000] * 60, float)
+    shape = (40, 40, 10, bvals.size)
+    total = estimate_series_seconds(shape, bvals, "fast", device="cuda")
+    parts = [estimate_runtime_seconds((40, 40, 10, n), "fast", device="cuda") for n in (30, 60)]
+    assert total == pytest.approx(sum(parts))
+    pooled = estimate_series_seconds(shape, bvals, "fast", device="cuda", grouping="all")
+    assert pooled == pytest.approx(estimate_runtime_seconds((40, 40, 10, 90), "fast", device="cuda"))
+
+
+def test_durations_are_human_readable():
+    assert format_duration(42) == "42 s"
+    assert format_duration(600) == "10 min"
+    assert format_duration(3 * HOUR) == "3.0 h"
+    assert format_duration(40 * DAY) == "40.0 days"
+
+
+def test_sidecar_parameters_record_every_count():
+    parameters = sidecar_parameters(resolve_settings("paper", stage1_steps=500), seed=3)
+    assert parameters["Preset"] == "paper" and parameters["Stage1Steps"] == 500
+    assert parameters["Stage3Steps"] == 100_000 and parameters["SamplingChain"] == "full"
+    assert parameters["Flips"] == 4 and parameters["Seed"] == 3 and parameters["NeighbourVolumes"] == 2
+    assert parameters["NoiseSchedule"]["Type"] == "reverse warm-up"
+    assert parameters["Network"]["ChannelMultipliers"] == [1, 2, 4, 8, 8]
