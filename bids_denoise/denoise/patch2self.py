@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import product
 
@@ -484,6 +485,24 @@ def _plan_groups(bvals, *, b0_threshold, b0_denoising, grouping, shell_tolerance
     return denoise, copy
 
 
+@contextmanager
+def _torch_threads_for(device: torch.device):
+    """On the CPU, run PyTorch single-threaded while OpenBLAS does the products.
+
+    PyTorch's work here is memory-bound copying; with two thread pools on a few cores, their
+    spin-waiting made 0.15 s calls take up to 5 s (2 cores, OpenBLAS and OpenMP, 2 threads each).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _shift_values(data, volumes, mask) -> np.ndarray:
     """A per-volume constant near each volume's mean, from a strided subsample."""
     sample = data[::4, ::4, ::4][..., list(volumes)].astype(np.float64)
@@ -559,7 +578,8 @@ def _denoise(
         if index.numel():
             output.values[..., index] = source.index_select(3, index).to(torch_out_dtype)
 
-    with tqdm(total=n_volumes, desc="Patch2Self", unit="vol", disable=not progress, leave=False) as bar:
+    bar = tqdm(total=n_volumes, desc="Patch2Self", unit="vol", disable=not progress, leave=False)
+    with bar, _torch_threads_for(device):
         bar.update(sum(g.size for g in copy))
         for plan in plans:
             bar.set_postfix_str(", ".join(f"{g.label} ({g.size} vols)" for g in plan.groups))
