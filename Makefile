@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast test-container test-slurm bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,20 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not slow" tests
+
+# Docker image: build (dockerd and the base image are set up when missing), run the example
+# dataset in it and compare with a host run. Steps and settings: scripts/ci/test_container.sh
+# (all steps by default; e.g. make test-container CONTAINER_STEPS="build smoke compare").
+CONTAINER_STEPS ?=
+test-container: $(STAMP)
+	HOST_PYTHON=$(abspath $(BIN))/python scripts/ci/test_container.sh $(CONTAINER_STEPS)
+
+# Slurm: start a single-node test cluster (apt-installs slurm-wlm and munge when missing;
+# scripts/ci/start_slurm.sh), run the example dataset through the SLURM and SLURMGraph plugins
+# and the job-array recipe, compare with a MultiProc run, stop the cluster again.
+# Steps and settings: scripts/ci/test_slurm.sh.
+test-slurm: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python bash scripts/ci/test_slurm.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_patch2self.py

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import getpass
 import os
 import sys
 from datetime import datetime
@@ -56,6 +57,16 @@ IMPORTANT = 25
 METHODS = ("patch2self", "ddm2")
 P2S_MODELS = ("ols", "ridge", "lasso")
 DEVICES = ("auto", "cpu", "cuda")
+#: DDM2 presets, precisions and flip counts (equal to ``bids_denoise.denoise.ddm2.settings``'s;
+#: a test checks it). Not imported from there: that package loads PyTorch.
+DDM2_PRESETS = ("paper", "fast", "smoke")
+DDM2_PRECISIONS = ("fp32", "bf16")
+DDM2_FLIPS = (1, 2, 4)
+#: DDM2 counts that override the preset (``None`` keeps the preset's value), with their minimum.
+DDM2_COUNTS = {
+    "ddm2_stage1_steps": 1, "ddm2_stage3_steps": 1, "ddm2_sampling_steps": 0, "ddm2_batch_size": 1,
+    "ddm2_inference_batch_size": 1, "ddm2_flips": 1,
+}
 #: Nipype plugins that take ``n_procs``/``memory_gb`` in their ``plugin_args``.
 MULTIPROC_PLUGINS = ("MultiProc", "LegacyMultiProc")
 #: Default cap of threads per process (``--omp-nthreads``).
@@ -289,6 +300,13 @@ class nipype(_Config):
         from nipype import logging as nlogging
 
         os.environ.setdefault("NIPYPE_NO_ET", "1")
+        # Nipype's SLURM and SGE plugins read LOGNAME, which batch and container
+        # environments often leave unset.
+        if "LOGNAME" not in os.environ:
+            try:
+                os.environ["LOGNAME"] = getpass.getuser()
+            except (KeyError, OSError):  # docker run -u UID: a uid without a passwd entry
+                os.environ["LOGNAME"] = str(os.getuid())
         crashdump_dir = Path(execution.log_dir or Path(execution.work_dir) / "logs")
         ncfg.update_config(
             {
@@ -333,12 +351,36 @@ class workflow(_Config):
     ``bids_denoise.denoise.patch2self.CLIP_NEGATIVE_VALS``)."""
     device = "auto"
     """PyTorch device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    ddm2_preset = "fast"
+    """DDM2 preset: ``paper`` (the paper's step counts), ``fast`` (GPU, about 30 min per shell)
+    or ``smoke`` (tiny network, CPU tests only)."""
+    ddm2_stage1_steps = None
+    """DDM2 Stage I (noise model) training steps; ``None``: the preset's."""
+    ddm2_stage3_steps = None
+    """DDM2 Stage III (diffusion model) training steps; ``None``: the preset's."""
+    ddm2_sampling_steps = None
+    """DDM2 reverse steps per slice, 0 for the full chain from t*; ``None``: the preset's."""
+    ddm2_batch_size = None
+    """DDM2 training batch (slices); ``None``: the preset's."""
+    ddm2_inference_batch_size = None
+    """DDM2 slices denoised together; ``None``: the preset's."""
+    ddm2_flips = None
+    """DDM2 flip variants averaged at each reverse step (1, 2 or 4); ``None``: the preset's."""
+    ddm2_precision = None
+    """DDM2 arithmetic: ``fp32`` or ``bf16`` (autocast); ``None``: the preset's."""
+    ddm2_save_model = False
+    """Also write the trained DDM2 networks to the derivatives."""
+    seed = 0
+    """Random seed (DDM2 initialisation, training batches and sampling noise)."""
+    force = False
+    """Run DDM2 on the CPU with a preset other than ``smoke`` despite the time estimate."""
 
     _choices = {
         "method": METHODS,
         "shell_grouping": GROUPINGS,
         "p2s_model": P2S_MODELS,
         "device": DEVICES,
+        "ddm2_preset": DDM2_PRESETS,
     }
 
     @classmethod
@@ -356,7 +398,37 @@ class workflow(_Config):
             return normalize_patch_radius(value)
         if name in ("b0_denoising", "clip_negative_vals"):
             return bool(value)
+        if name in DDM2_COUNTS or name == "seed":
+            return _coerce_count(name, value, DDM2_COUNTS.get(name, 0))
+        if name == "ddm2_precision" and value is not None and value not in DDM2_PRECISIONS:
+            raise ValueError(f"workflow.ddm2_precision must be one of {', '.join(DDM2_PRECISIONS)}; got {value!r}")
+        if name in ("ddm2_save_model", "force"):
+            return bool(value)
         return value
+
+    @classmethod
+    def ddm2_overrides(cls) -> dict:
+        """The DDM2 overrides that are set, keyed like ``ddm2_denoise``'s arguments
+        (``stage1_steps``, ..., ``precision``); unset ones keep the preset's value."""
+        names = (*DDM2_COUNTS, "ddm2_precision")
+        return {name[len("ddm2_"):]: getattr(cls, name) for name in names if getattr(cls, name) is not None}
+
+
+def _coerce_count(name, value, minimum):
+    """An integer setting of the workflow section (``None`` allowed except for the seed)."""
+    if value is None and name != "seed":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"workflow.{name} must be an integer; got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"workflow.{name} must be an integer; got {value!r}") from None
+    if number != float(value) or number < minimum or (name == "seed" and number >= 2**32):
+        raise ValueError(f"workflow.{name} must be an integer >= {minimum}; got {value!r}")
+    if name == "ddm2_flips" and number not in DDM2_FLIPS:
+        raise ValueError(f"workflow.ddm2_flips must be one of {', '.join(map(str, DDM2_FLIPS))}; got {value!r}")
+    return number
 
 
 # ---------------------------------------------------------------------------------- loggers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -287,3 +288,16 @@ def test_sections_cannot_be_instantiated():
     values["method"] = "changed"
     assert config.workflow.method == "patch2self"
     assert copy.deepcopy(config.get()) == config.get()
+
+
+def test_nipype_init_sets_logname_even_for_a_uid_without_a_passwd_entry(monkeypatch, tmp_path):
+    import getpass
+
+    def no_passwd_entry():
+        raise KeyError("getpwuid(): uid not found: 4242")
+
+    monkeypatch.delenv("LOGNAME", raising=False)
+    monkeypatch.setattr(getpass, "getuser", no_passwd_entry)
+    config.from_dict({"execution": {"work_dir": tmp_path / "work"}})
+    config.nipype.init()
+    assert os.environ["LOGNAME"] == str(os.getuid())

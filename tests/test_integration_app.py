@@ -60,14 +60,24 @@ def _derivative(out, raw, desc, suffix, ext):
 def test_every_run_has_its_derivatives(app_run):
     out = app_run["out"]
     assert len(RAW_RUNS) == 5
-    expected = {"dataset_description.json", ".bidsignore", "logs/CITATION.md"}
+    expected = {"dataset_description.json", ".bidsignore", "logs/CITATION.md", "logs/CITATION.bib",
+                "logs/CITATION.html", "sub-01.html", "sub-02.html"}
     for raw in RAW_RUNS:
         for desc, suffix, ext in (("denoised", "dwi", ".nii.gz"), ("denoised", "dwi", ".json"),
                                   ("denoised", "dwi", ".bval"), ("denoised", "dwi", ".bvec"),
                                   ("noise", "dwimap", ".nii.gz"), ("noise", "dwimap", ".json")):
             expected.add(str(_derivative(Path(""), raw, desc, suffix, ext)))
+        stem = raw.name.replace("_dwi.nii.gz", "")
+        for desc, ext in (("brainmask", ".png"), ("residualhist", ".svg"), ("residualstd", ".svg"),
+                          ("residualcorr", ".svg"), ("sigma", ".svg"), ("reportstats", ".json")):
+            expected.add(f"{raw.parts[0]}/figures/{stem}_desc-{desc}_dwi{ext}")
+        groups = json.loads(_derivative(out, raw, "denoised", "dwi", ".json").read_text())["VolumeGroups"]
+        for group in groups:  # one before/after/residual mosaic per volume group
+            expected.add(f"{raw.parts[0]}/figures/{stem}_desc-mosaic{group['Label'].replace('_', '')}_dwi.png")
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != ".bids_denoise.lock"}
-    assert written == expected
+    configs = {p for p in written if p.startswith("logs/config-") and p.endswith(".toml")}
+    assert len(configs) == 2  # the resolved configuration of each of the two invocations
+    assert written - configs == expected
 
 
 @pytest.mark.parametrize("raw", RAW_RUNS, ids=str)
@@ -136,7 +146,10 @@ def test_rerun_reuses_the_cache_and_gives_identical_outputs(app_run):
     assert app_run["denoise_results"], "no cached denoising results were found"
     for result, mtime in app_run["denoise_results"].items():
         assert result.stat().st_mtime_ns == mtime, f"{result} was recomputed"
-    assert _tree_digest(app_run["out"]) == app_run["out_after_first"]
+    def derivatives(digest):  # the reports and configuration copies record each invocation
+        return {k: v for k, v in digest.items() if not k.endswith(".html") and not k.startswith("logs/config-")}
+
+    assert derivatives(_tree_digest(app_run["out"])) == derivatives(app_run["out_after_first"])
 
 
 def test_the_input_tree_is_byte_identical_afterwards(app_run):

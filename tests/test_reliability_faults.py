@@ -23,7 +23,7 @@ import pytest
 from bids_denoise.data import example_dataset
 
 pytestmark = pytest.mark.slow
-VOLATILE_KEYS = {"RunTime", "Devices", "VolumeGroups"}
+VOLATILE_KEYS = {"RunTime", "Devices", "VolumeGroups", "Provenance"}  # Provenance: command line, paths, commit
 
 
 def _command(bids, out, work, *extra):
@@ -137,9 +137,12 @@ def _wait_for(predicate, timeout):
     return False
 
 
-@pytest.mark.parametrize("method_args", [["--patch-radius", "1"]], ids=["patch2self"])
+@pytest.mark.parametrize("method_args", [["--patch-radius", "1"], ["--method", "ddm2", "--ddm2-preset", "smoke"]],
+                         ids=["patch2self", "ddm2-smoke"])
 def test_sigkill_while_denoising_then_resume_gives_the_uninterrupted_result(bids_copy, tmp_path, method_args):
-    select = ["--participant-label", "02", *method_args]
+    only_multishell = tmp_path / "filter.json"
+    only_multishell.write_text(json.dumps({"dwi": {"acquisition": "multishell"}}))
+    select = ["--participant-label", "02", "--bids-filter-file", str(only_multishell), *method_args]
     reference = _run(bids_copy, tmp_path / "ref-out", tmp_path / "ref-work", *select)
     assert reference.returncode == 0, reference.stderr[-2000:]
 

@@ -132,7 +132,9 @@ def test_cli_refuses_ddm2_on_the_cpu_with_the_estimate(small_bids, tmp_path, iso
     monkeypatch.setattr(run_module, "run_participant_level", lambda *args: started.append(args) or 0)
     assert run_module.main(_argv(small_bids, tmp_path, "--device", "cpu")) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert "preset 'paper' on the CPU is estimated to take about" in err and "days" in err
+    # The default preset (fast) is refused too, with its estimate in hours or days.
+    assert "preset 'fast' on the CPU is estimated to take about" in err
+    assert " h for " in err or " days for " in err
     assert "--force" in err and "--ddm2-preset smoke" in err
     assert started == [] and not (tmp_path / "out" / "sub-02").exists()
     # smoke is allowed, and so is any preset with --force

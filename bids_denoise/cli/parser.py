@@ -84,6 +84,16 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _nonnegative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return number
+
+
 def _radius_int(value: str) -> int:
     try:
         number = int(value)
@@ -187,7 +197,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=config.METHODS,
         default="patch2self",
-        help="Denoising method. Default: patch2self. ddm2 is reserved for a later version.",
+        help="Denoising method: 'patch2self' (self-supervised regression of each volume on the "
+        "others; CPU, minutes) or 'ddm2' (self-supervised diffusion model, one model trained per "
+        "shell; needs a GPU, see the DDM2 options). Default: patch2self.",
     )
     g_method.add_argument(
         "--b0-threshold",
@@ -252,6 +264,109 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"Patch radius in voxels, one value for all axes or three (x y z), each 0..{MAX_PATCH_RADIUS}. "
         "0 uses single voxels, which suits human data; larger patches may help small or "
         "low-SNR data (infant, animal). Default: 0.",
+    )
+
+    g_ddm2 = parser.add_argument_group(
+        "DDM2",
+        "Settings of --method ddm2. Each shell gets its own model: Stage I trains a network that "
+        "predicts every slice from the same slice of 2 neighbouring volumes, Stage II matches each "
+        "slice's noise to a diffusion step, Stage III trains the diffusion denoiser, and each slice "
+        "is then denoised from its own step. b=0 volumes are denoised with Patch2Self (2 or more "
+        "b0s; --no-b0-denoising copies them). Stage checkpoints are kept in "
+        "<work_dir>/ddm2/<run>/<shell>, so rerunning with the same -w resumes.",
+    )
+    g_ddm2.add_argument(
+        "--ddm2-preset",
+        dest="ddm2_preset",
+        choices=config.DDM2_PRESETS,
+        default="fast",
+        help="Step counts and network size. 'paper': the paper's counts (Stage I 10,000 steps, "
+        "Stage III 100,000, batch 32, 4 flips, full reverse chain; about 2-3 GPU-hours per shell "
+        "of 64 volumes of 96x96x60 on an H100). 'fast': Stage I 3,000, Stage III 20,000, batch 32, "
+        "1 flip, 25 strided sampling steps, bf16 and torch.compile (about 30 min per such shell). "
+        "'smoke': a tiny network and tens of steps, to test an installation on the CPU (no useful "
+        "denoising). Default: fast (the practical choice; use paper to reproduce the publication).",
+    )
+    g_ddm2.add_argument(
+        "--ddm2-stage1-steps",
+        dest="ddm2_stage1_steps",
+        metavar="N",
+        type=_positive_int,
+        help="Training steps of Stage I (the noise model). Default: the preset's (paper 10000, "
+        "fast 3000, smoke 30).",
+    )
+    g_ddm2.add_argument(
+        "--ddm2-stage3-steps",
+        dest="ddm2_stage3_steps",
+        metavar="N",
+        type=_positive_int,
+        help="Training steps of Stage III (the diffusion denoiser). Default: the preset's (paper "
+        "100000, fast 20000, smoke 40).",
+    )
+    g_ddm2.add_argument(
+        "--ddm2-sampling-steps",
+        dest="ddm2_sampling_steps",
+        metavar="N",
+        type=_nonnegative_int,
+        help="Reverse diffusion steps per slice: 0 runs the full chain from the slice's matched "
+        "step t* (t* steps, typically 10-450, with sampling noise, as in the paper); N > 0 takes at "
+        "most N evenly strided deterministic steps. Default: the preset's (paper 0, fast 25, smoke 6).",
+    )
+    g_ddm2.add_argument(
+        "--ddm2-batch-size",
+        dest="ddm2_batch_size",
+        metavar="N",
+        type=_positive_int,
+        help="Training batch of Stages I and III, in slices. Default: the preset's (paper and fast "
+        "32, smoke 4).",
+    )
+    g_ddm2.add_argument(
+        "--ddm2-inference-batch-size",
+        dest="ddm2_inference_batch_size",
+        metavar="N",
+        type=_positive_int,
+        help="Slices denoised together, each at its own noise level (GPU memory grows with it). "
+        "Default: the preset's (paper 64, fast 256, smoke 16).",
+    )
+    g_ddm2.add_argument(
+        "--ddm2-flips",
+        dest="ddm2_flips",
+        type=int,
+        choices=config.DDM2_FLIPS,
+        help="Flipped copies of each slice averaged at every reverse step (1: none; 2: plus a "
+        "vertical flip; 4: all four flips, as in the paper); cost grows in proportion. Default: the "
+        "preset's (paper 4, fast 1, smoke 2).",
+    )
+    g_ddm2.add_argument(
+        "--ddm2-precision",
+        dest="ddm2_precision",
+        choices=config.DDM2_PRECISIONS,
+        help="fp32 (TF32 tensor cores on CUDA) or bf16 autocast (faster on recent GPUs, slightly "
+        "different numbers). Default: the preset's (paper and smoke fp32, fast bf16).",
+    )
+    g_ddm2.add_argument(
+        "--ddm2-save-model",
+        dest="ddm2_save_model",
+        action="store_true",
+        help="Also write the trained networks of every shell to the derivatives "
+        "(<source>_desc-ddm2_model.pt, a PyTorch file). Default: off.",
+    )
+    g_ddm2.add_argument(
+        "--seed",
+        dest="seed",
+        metavar="N",
+        type=_nonnegative_int,
+        default=0,
+        help="Random seed of the DDM2 network initialisation, training batches and sampling noise. "
+        "A CPU run is reproducible; GPU runs differ slightly between runs (non-deterministic "
+        "cuDNN kernels). Default: 0.",
+    )
+    g_ddm2.add_argument(
+        "--force",
+        dest="force",
+        action="store_true",
+        help="Run DDM2 on the CPU with a preset other than 'smoke'. Without it such a run is refused "
+        "with its estimated duration (days to months on a few cores). Default: off.",
     )
 
     g_perf = parser.add_argument_group("Performance and execution")
@@ -543,6 +658,17 @@ def parse_args(args=None) -> argparse.Namespace:
                 "p2s_alpha": opts.p2s_alpha,
                 "patch_radius": patch_radius,
                 "device": opts.device,
+                "ddm2_preset": opts.ddm2_preset,
+                "ddm2_stage1_steps": opts.ddm2_stage1_steps,
+                "ddm2_stage3_steps": opts.ddm2_stage3_steps,
+                "ddm2_sampling_steps": opts.ddm2_sampling_steps,
+                "ddm2_batch_size": opts.ddm2_batch_size,
+                "ddm2_inference_batch_size": opts.ddm2_inference_batch_size,
+                "ddm2_flips": opts.ddm2_flips,
+                "ddm2_precision": opts.ddm2_precision,
+                "ddm2_save_model": opts.ddm2_save_model,
+                "seed": opts.seed,
+                "force": opts.force,
             },
         }
     )

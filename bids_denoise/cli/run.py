@@ -13,9 +13,10 @@ Flow
    dataset has no DWI at all).
 5. ``group``: summarise the existing outputs into ``group_summary.tsv`` and stop.
 6. Write the resolved configuration to ``<work_dir>/<run_uuid>/config.toml``.
-7. ``--boilerplate-only``: write ``<output_dir>/logs/CITATION.md`` and stop.
+7. ``--boilerplate-only``: write ``<output_dir>/logs/CITATION.{md,bib,html}`` and stop.
 8. Build the workflow, write ``dataset_description.json`` and ``.bidsignore``, run it.
-9. Print what was processed and where the outputs and logs are.
+9. Write ``<output_dir>/sub-<label>.html`` reports (even after a failure; never fails the run).
+10. Print what was processed and where the outputs and logs are.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from bids_denoise.cli.summary import (
     FAILED,
     SKIPPED,
+    SUBMITTED,
     RunStatus,
     crash_reports,
     format_summary,
@@ -56,7 +58,7 @@ from bids_denoise.errors import (
 #: Levels this app accepts (BIDS Apps 1.0 names).
 ANALYSIS_LEVELS = ("participant", "group")
 #: Methods the parser knows but this version cannot run yet, with the message to show.
-UNAVAILABLE_METHODS = {"ddm2": "DDM2 is not available yet in this version (see issue #4)"}
+UNAVAILABLE_METHODS: dict = {}
 #: Environment variables that cap the threads of numerical libraries in every process.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: Name of the group-level table, written at the root of the output folder.
@@ -100,6 +102,58 @@ def check_device(device: str) -> None:
             "--device cuda was requested but PyTorch sees no CUDA device (in a container, pass the "
             "GPU through, e.g. docker run --gpus all or apptainer run --nv); use --device auto or cpu."
         )
+
+
+def check_ddm2_runtime(runs_by_subject: dict) -> float | None:
+    """DDM2 only: log the estimated run time; on the CPU refuse (64) unless smoke or --force.
+
+    The estimate (:func:`bids_denoise.denoise.ddm2.settings.estimate_series_seconds`) uses the
+    header shape and b-values of every selected run, the preset and overrides, the device and
+    ``--omp-nthreads``. Returns the estimate in seconds (``None`` for other methods).
+    """
+    config = _config()
+    settings = config.workflow
+    if settings.method != "ddm2" or not runs_by_subject:
+        return None
+    import nibabel as nb
+    import numpy as np
+    import torch
+
+    from bids_denoise.denoise.ddm2.settings import estimate_series_seconds, format_duration
+
+    cuda = settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available())
+    device = "cuda" if cuda else "cpu"
+    total, nruns, estimated = 0.0, 0, 0
+    for runs in runs_by_subject.values():
+        for run in runs:
+            nruns += 1
+            try:
+                shape = nb.load(run.dwi_file).shape
+                bvals = np.loadtxt(run.bval_file, ndmin=1).ravel()
+            except (OSError, ValueError) as exc:  # the workflow reports bad inputs properly
+                config.loggers.cli.warning("Cannot estimate the DDM2 time of %s (%s).", run.dwi_file, exc)
+                continue
+            if len(shape) != 4 or bvals.size != shape[3]:
+                continue
+            estimated += 1
+            total += estimate_series_seconds(
+                shape, bvals, settings.ddm2_preset, device=device, n_threads=config.nipype.omp_nthreads,
+                b0_threshold=settings.b0_threshold, shell_tolerance=settings.shell_tolerance,
+                grouping=settings.shell_grouping, **settings.ddm2_overrides(),
+            )
+    duration = f"about {format_duration(total)}" if estimated else "an unknown time"
+    estimate = (
+        f"DDM2 with preset '{settings.ddm2_preset}' on the {device.upper()} is estimated to take "
+        f"{duration} for {nruns} run(s), one model per shell"
+    )
+    if device == "cpu" and settings.ddm2_preset != "smoke" and not settings.force:
+        raise UsageError(
+            f"{estimate}. DDM2 needs a CUDA GPU (in a container: docker run --gpus all, or apptainer "
+            "run --nv). Use --ddm2-preset smoke to test the installation on the CPU, --method "
+            "patch2self for CPU denoising, or --force to run on the CPU anyway."
+        )
+    config.loggers.cli.log(config.IMPORTANT, "%s.", estimate)
+    return total
 
 
 def validate_input() -> None:
@@ -249,12 +303,37 @@ def run_group_level() -> int:
 
 # ------------------------------------------------------------------------------ boilerplate
 def write_boilerplate() -> Path:
-    """Write ``<output_dir>/logs/CITATION.md``, the methods text of the configured run."""
-    from bids_denoise.utils.atomic import atomic_write_text
+    """Write ``<output_dir>/logs/CITATION.md`` (the methods text), ``.bib`` and ``.html``."""
+    from bids_denoise.reports.boilerplate import write_citation_files
     from bids_denoise.workflows.base import build_boilerplate
 
-    out_file = Path(_config().execution.output_dir) / "logs" / "CITATION.md"
-    return atomic_write_text(out_file, build_boilerplate())
+    return write_citation_files(_config().execution.output_dir, build_boilerplate())["md"]
+
+
+def write_config_copy() -> Path | None:
+    """Save the resolved configuration as ``<output_dir>/logs/config-<run_uuid>.toml``."""
+    config = _config()
+    try:
+        from bids_denoise.utils.atomic import atomic_write_text
+
+        target = execution_output() / "logs" / f"config-{config.execution.run_uuid}.toml"
+        return atomic_write_text(target, config.dumps())
+    except Exception as exc:  # noqa: BLE001 - provenance must not stop the run
+        config.loggers.cli.warning("Could not save the configuration to the output folder (%s).", exc)
+        return None
+
+
+def write_reports(subjects, since: float | None = None) -> list:
+    """Write ``<output_dir>/sub-<label>.html`` for ``subjects``; a failure only warns."""
+    config = _config()
+    try:
+        from bids_denoise.reports.html import generate_reports
+
+        return generate_reports(execution_output(), sorted(subjects), run_uuid=config.execution.run_uuid,
+                                log_dir=config.execution.log_dir, since=since)
+    except Exception as exc:  # noqa: BLE001 - reports must never change the exit status
+        config.loggers.cli.warning("The HTML reports could not be written (%s).", exc)
+        return []
 
 
 # -------------------------------------------------------------------------- participant level
@@ -350,7 +429,7 @@ def run_participant_level(runs_by_subject: dict, statuses: list) -> int:
     log_dir = Path(execution.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     output_dir = execution_output()
-    citation = None
+    citation, reports = None, []
     if runs_by_subject:
         config.nipype.init()
         set_thread_limits(config.nipype.omp_nthreads)
@@ -367,7 +446,10 @@ def run_participant_level(runs_by_subject: dict, statuses: list) -> int:
 
         write_derivative_description(output_dir=output_dir, bids_dir=execution.bids_dir)
         write_bidsignore(output_dir)
+        if config.workflow.method == "ddm2" and config.workflow.ddm2_save_model:
+            write_bidsignore(output_dir, ("*_model.pt",))  # trained networks have no BIDS rule
         citation = write_boilerplate()
+        write_config_copy()
 
         nruns = sum(len(runs) for runs in runs_by_subject.values())
         log.log(config.IMPORTANT, "Denoising %d DWI run(s) of %d subject(s).", nruns, len(runs_by_subject))
@@ -383,13 +465,22 @@ def run_participant_level(runs_by_subject: dict, statuses: list) -> int:
                     if status.state == "ok":
                         status.state, status.exit_code = FAILED, EXIT_FAILURE
                         status.reason = f"the workflow failed: {str(exc).splitlines()[0]}"
-        _mark_missing_outputs(runs_by_subject, statuses)
+        if config.nipype.get_plugin()["plugin"].endswith("Graph"):
+            # Graph plugins return once the jobs are queued; outputs appear when they finish.
+            for status in statuses:
+                if status.state == "ok":
+                    status.state, status.reason = SUBMITTED, "queued on the cluster"
+        else:
+            _mark_missing_outputs(runs_by_subject, statuses)
+        reports = write_reports(runs_by_subject, since=started)
 
     code = overall_exit_code(statuses)
     lines = [f"{PROG}: {'finished' if code == EXIT_OK else 'finished with errors'}.", format_summary(statuses),
              f"  Outputs: {output_dir}"]
     if citation:
         lines.append(f"  Methods: {citation}")
+    if reports:
+        lines.append(f"  Reports: {', '.join(str(path) for path in reports)}")
     lines += [
         f"  Logs and crash files: {log_dir}",
         f"  Configuration: {Path(execution.work_dir) / execution.run_uuid / 'config.toml'}",
@@ -455,6 +546,7 @@ def _main(argv) -> int:
         print(f"{PROG}: methods boilerplate written to {citation}")
         return EXIT_OK
 
+    check_ddm2_runtime(runs_by_subject)
     return run_participant_level(runs_by_subject, statuses)
 
 

@@ -30,6 +30,8 @@ class _DenoisingMetadataInputSpec(BaseInterfaceInputSpec):
     run_times = traits.List(traits.Float, mandatory=True, desc="seconds per group")
     sources = traits.List(traits.Str, mandatory=True, desc="bids:raw: URIs of the inputs")
     raw_metadata = traits.Dict(desc="sidecar metadata of the raw run")
+    provenance = traits.Dict(desc="bids_denoise.utils.provenance record (version, git commit, container, "
+                             "command line, configuration), stored as Provenance")
 
 
 class _DenoisingMetadataOutputSpec(TraitedSpec):
@@ -61,6 +63,8 @@ class DenoisingMetadata(SimpleInterface):
             "SoftwareName": "bids_denoise",
             "SoftwareVersion": __version__,
         }
+        if isdefined(self.inputs.provenance) and self.inputs.provenance:
+            provenance["Provenance"] = dict(self.inputs.provenance)
         shells = [g for g in groups if g["Label"] != "b0"]
         self._results["dwi_metadata"] = {
             **carried,

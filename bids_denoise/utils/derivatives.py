@@ -266,7 +266,7 @@ def _container_from_env() -> dict | None:
     return {"Type": kind, "Tag": image}
 
 
-def _generated_by(container: Mapping | None) -> dict:
+def _generated_by(container: Mapping | None, provenance=None) -> dict:
     from bids_denoise import __about__
 
     entry = {
@@ -277,6 +277,12 @@ def _generated_by(container: Mapping | None) -> dict:
     container = dict(container) if container else _container_from_env()
     if container:
         entry["Container"] = container
+    if provenance is None:
+        from bids_denoise.utils.provenance import cli_provenance
+
+        provenance = cli_provenance()
+    if provenance:
+        entry["Provenance"] = dict(provenance)
     return entry
 
 
@@ -310,7 +316,7 @@ def _read_json_object(path: Path, what: str) -> dict | None:
     return data
 
 
-def _new_description(output_dir: Path, bids_dir: Path, container) -> dict:
+def _new_description(output_dir: Path, bids_dir: Path, container, provenance=None) -> dict:
     raw = {}
     raw_file = bids_dir / DESCRIPTION_FILE
     try:
@@ -325,7 +331,7 @@ def _new_description(output_dir: Path, bids_dir: Path, container) -> dict:
         + (f" of {raw['Name']}" if isinstance(raw.get("Name"), str) else ""),
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
-        "GeneratedBy": [_generated_by(container)],
+        "GeneratedBy": [_generated_by(container, provenance)],
         "DatasetLinks": {"raw": _dataset_link(output_dir, bids_dir)},
     }
     doi = raw.get("DatasetDOI")
@@ -385,6 +391,7 @@ def write_derivative_description(
     bids_dir: str | os.PathLike,
     *,
     container: Mapping | None = None,
+    provenance: Mapping | bool | None = None,
 ) -> Path:
     """Create or update ``<output_dir>/dataset_description.json``.
 
@@ -399,6 +406,13 @@ def write_derivative_description(
         ``{"Type": ..., "Tag": ...}`` for ``GeneratedBy[].Container``. By default it is read
         from ``BIDS_DENOISE_CONTAINER_IMAGE`` (the tag) and ``BIDS_DENOISE_CONTAINER_TYPE``
         (default ``"docker"``), which the container image sets.
+    provenance : mapping or bool, optional
+        Stored as ``GeneratedBy[].Provenance`` (see :mod:`bids_denoise.utils.provenance`:
+        version, git commit, container, command line, resolved configuration). By default
+        (``None``) the record of the running app when its configuration came from a
+        ``bids-denoise`` command line, else nothing; ``False`` records nothing. An existing
+        entry of ours is kept as it is (it describes the run that created the dataset; every
+        sidecar has the record of the run that wrote it).
 
     Returns
     -------
@@ -421,7 +435,7 @@ def write_derivative_description(
     """
     output_dir, bids_dir = Path(output_dir), Path(bids_dir)
     path = output_dir / DESCRIPTION_FILE
-    new = _new_description(output_dir, bids_dir, container)
+    new = _new_description(output_dir, bids_dir, container, None if provenance is True else provenance)
     with _output_lock(output_dir):
         existing = _read_json_object(path, "The existing output description")
         description = new if existing is None else _merge_description(existing, new, path)

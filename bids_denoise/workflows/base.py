@@ -10,6 +10,7 @@ from bids_denoise import config
 from bids_denoise.denoise.patch2self import estimate_memory_gb
 from bids_denoise.interfaces.bids import DerivativesDataSink
 from bids_denoise.interfaces.metadata import DenoisingMetadata
+from bids_denoise.interfaces.reports import DenoisingReportlets, ReportletsSink
 from bids_denoise.utils.derivatives import bids_uri
 from bids_denoise.workflows.dwi import init_dwi_denoise_wf
 
@@ -55,7 +56,44 @@ def denoising_parameters() -> dict:
             PatchRadius=list(settings.patch_radius),
             ClipNegativeValues=bool(settings.clip_negative_vals),
         )
+    elif settings.method == "ddm2":
+        from bids_denoise.denoise.ddm2.settings import resolve_settings, sidecar_parameters
+
+        resolved = resolve_settings(settings.ddm2_preset, **settings.ddm2_overrides())
+        parameters.update(sidecar_parameters(resolved, seed=settings.seed))
+        parameters["B0Method"] = "Patch2Self" if settings.b0_denoising else "none"
     return parameters
+
+
+def ddm2_checkpoint_root(run) -> str:
+    """Stable folder of a run's DDM2 checkpoints, ``<work_dir>/ddm2/<run name>``.
+
+    Outside every Nipype node folder on purpose: Nipype empties a node's folder before it
+    reruns the node (also after a crash), which would lose the checkpoints.
+    """
+    from pathlib import Path
+
+    return str(Path(config.execution.work_dir) / "ddm2" / run.name)
+
+
+def _add_ddm2_model_sink(workflow, denoise_wf, run) -> None:
+    """``--ddm2-save-model``: bundle the groups' networks and sink ``*_desc-ddm2_model.pt``."""
+    from bids_denoise.interfaces.ddm2 import BundleModels
+
+    bundle = pe.Node(BundleModels(), name="ddm2_models", run_without_submitting=True)
+    sink = pe.Node(
+        DerivativesDataSink(
+            base_directory=str(config.execution.output_dir), source_file=str(run.dwi_file),
+            desc="ddm2", suffix="model", extension=".pt",
+        ),
+        name="ds_ddm2_model",
+        run_without_submitting=True,
+        mem_gb=0.1,
+    )
+    workflow.connect([
+        (denoise_wf, bundle, [("outputnode.model_files", "model_files")]),
+        (bundle, sink, [("out_file", "in_file")]),
+    ])  # fmt:skip
 
 
 def init_run_wf(run):
@@ -74,8 +112,14 @@ def init_run_wf(run):
         patch_radius=settings.patch_radius,
         clip_negative_vals=settings.clip_negative_vals,
         device=settings.device,
+        ddm2_preset=settings.ddm2_preset,
+        ddm2_overrides=settings.ddm2_overrides(),
+        seed=settings.seed,
+        ddm2_save_model=settings.ddm2_save_model,
+        checkpoint_root=ddm2_checkpoint_root(run) if settings.method == "ddm2" else None,
         omp_nthreads=config.nipype.omp_nthreads,
-        mem_gb=estimate_memory_gb(shape, patch_radius=settings.patch_radius),
+        mem_gb=_ddm2_memory_gb(shape) if settings.method == "ddm2"
+        else estimate_memory_gb(shape, patch_radius=settings.patch_radius),
     )
     denoise_wf.inputs.inputnode.dwi_file = str(run.dwi_file)
     denoise_wf.inputs.inputnode.bval_file = str(run.bval_file)
@@ -88,6 +132,7 @@ def init_run_wf(run):
             parameters=denoising_parameters(),
             sources=[bids_uri(path, bids_dir) for path in (run.dwi_file, run.bval_file, run.bvec_file)],
             raw_metadata=dict(run.metadata),
+            provenance=_sidecar_provenance(),
         ),
         name="metadata",
         run_without_submitting=True,
@@ -121,32 +166,80 @@ def init_run_wf(run):
         (denoise_wf, nodes["ds_noise"], [("outputnode.noise_file", "in_file")]),
         (metadata, nodes["ds_noise"], [("noise_metadata", "meta_dict")]),
     ])  # fmt:skip
+    _add_reportlets(workflow, denoise_wf, run, shape)
+    if settings.method == "ddm2" and settings.ddm2_save_model:
+        _add_ddm2_model_sink(workflow, denoise_wf, run)
     return workflow
 
 
-def build_boilerplate() -> str:
-    """A methods paragraph (Markdown) for the configured denoising."""
+def _ddm2_memory_gb(shape) -> float:
+    from bids_denoise.denoise.ddm2.settings import estimate_memory_gb as ddm2_memory_gb
+
+    return ddm2_memory_gb(shape)
+
+
+def _sidecar_provenance() -> dict:
+    """Version, git commit, container, command line and configuration, for the sidecars."""
+    from bids_denoise.utils.provenance import provenance
+
+    return provenance()
+
+
+def _add_reportlets(workflow, denoise_wf, run, shape) -> None:
+    """Draw the run's reportlets and sink them (and their statistics) to ``sub-X/figures/``."""
     settings = config.workflow
-    grouping = (
-        "each diffusion-weighted shell (b-values within "
-        f"{settings.shell_tolerance:g} s/mm² of each other) was denoised from its own volumes"
-        if settings.shell_grouping == "shell"
-        else "all diffusion-weighted volumes were denoised together"
+    n_voxels = 1
+    for size in shape:
+        n_voxels *= int(size)
+    reportlets = pe.Node(
+        DenoisingReportlets(
+            in_file=str(run.dwi_file), b0_threshold=settings.b0_threshold, method=settings.method,
+            title=run.dwi_file.name.split(".")[0],
+        ),
+        name="reportlets",
+        mem_gb=round(3 * 4 * n_voxels / 1024**3 + 0.3, 2),  # raw and denoised float32, plus slack
     )
-    b0 = (
-        "the b=0 volumes were denoised from each other"
-        if settings.b0_denoising
-        else "the b=0 volumes were left unchanged"
+    ds_figures = pe.Node(
+        ReportletsSink(base_directory=str(config.execution.output_dir), source_file=str(run.dwi_file)),
+        name="ds_figures",
+        run_without_submitting=True,
+        mem_gb=0.1,
     )
-    radius = "x".join(str(r) for r in settings.patch_radius)
-    return (
-        f"Diffusion MRI data were denoised with *bids_denoise* {config.environment.version}. "
-        f"Volumes with b <= {settings.b0_threshold:g} s/mm² were treated as b=0 images; {b0}, and "
-        f"{grouping}. Denoising used Patch2Self [@patch2self], a self-supervised method that "
-        "predicts each volume from the other volumes of its group, with "
-        f"{settings.p2s_model.upper() if settings.p2s_model == 'ols' else settings.p2s_model} "
-        f"regression (alpha = {settings.p2s_alpha:g}) and a patch radius of {radius}. "
-        "Volumes were merged back in their acquisition order. The workflow was built with "
-        "Nipype [@nipype], data were indexed with PyBIDS [@pybids] and read and written with "
-        "NiBabel [@nibabel].\n"
-    )
+    workflow.connect([
+        (denoise_wf, reportlets, [
+            ("outputnode.denoised_file", "denoised_file"), ("outputnode.bval_file", "bval_file"),
+            ("outputnode.groups", "groups"), ("outputnode.noise_file", "noise_file"),
+        ]),
+        (reportlets, ds_figures, [
+            ("figure_files", "in_files"), ("figure_descs", "descs"), ("stats_file", "stats_file"),
+        ]),
+    ])  # fmt:skip
+    connect_ddm2_history(workflow, denoise_wf, reportlets)
+
+
+def connect_ddm2_history(workflow, denoise_wf, reportlets) -> bool:
+    """DDM2 hook: feed the per-group training histories to the reportlets, when there are any.
+
+    Connected only when the denoising workflow's outputnode has a ``history_files`` field
+    (``init_dwi_denoise_wf(method="ddm2")``); returns whether it was connected.
+    """
+    from bids_denoise.reports.names import HISTORY_FIELD
+
+    outputnode = denoise_wf.get_node("outputnode")
+    if outputnode is None or HISTORY_FIELD not in outputnode.outputs.copyable_trait_names():
+        return False
+    workflow.connect(denoise_wf, f"outputnode.{HISTORY_FIELD}", reportlets, "history_files")
+    return True
+
+
+def build_boilerplate(runs_by_subject=None) -> str:
+    """A methods paragraph (Markdown) for the configured denoising and the selected runs.
+
+    The text is written by :func:`bids_denoise.reports.boilerplate.build_boilerplate`; each
+    method has its own sentence there (``_method_sentence`` dispatches on
+    ``config.workflow.method``). Without ``runs_by_subject`` the runs selected by the CLI's
+    layout, labels and filters are used to count the shells.
+    """
+    from bids_denoise.reports.boilerplate import build_boilerplate as _build_boilerplate
+
+    return _build_boilerplate(config.workflow, runs_by_subject, version=config.environment.version)

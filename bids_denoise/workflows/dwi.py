@@ -7,10 +7,11 @@ from nipype.pipeline import engine as pe
 
 from bids_denoise.denoise.patch2self import CLIP_NEGATIVE_VALS, normalize_patch_radius
 from bids_denoise.denoise.shells import B0_THRESHOLD, SHELL_TOLERANCE
+from bids_denoise.interfaces.ddm2 import DDM2
 from bids_denoise.interfaces.patch2self import Patch2Self
 from bids_denoise.interfaces.shells import MergeShells, SplitShells
 
-METHODS = ("patch2self",)
+METHODS = ("patch2self", "ddm2")
 
 
 def init_dwi_denoise_wf(
@@ -25,6 +26,11 @@ def init_dwi_denoise_wf(
     patch_radius=0,
     clip_negative_vals: bool = CLIP_NEGATIVE_VALS,
     device: str = "auto",
+    ddm2_preset: str = "fast",
+    ddm2_overrides: dict | None = None,
+    seed: int = 0,
+    ddm2_save_model: bool = False,
+    checkpoint_root: str | None = None,
     omp_nthreads: int = 1,
     mem_gb: float = 1.0,
     name: str = "dwi_denoise_wf",
@@ -37,7 +43,7 @@ def init_dwi_denoise_wf(
 
     Parameters
     ----------
-    method : {"patch2self"}
+    method : {"patch2self", "ddm2"}
         Denoiser run on every group.
     b0_threshold : float
         Volumes with ``b <= b0_threshold`` form the b0 group. Default 50.
@@ -51,6 +57,14 @@ def init_dwi_denoise_wf(
         Patch2Self settings; see :func:`bids_denoise.denoise.patch2self.patch2self`.
     device : {"auto", "cpu", "cuda"}
         PyTorch device.
+    ddm2_preset, ddm2_overrides, seed, ddm2_save_model
+        DDM2 settings (``method="ddm2"``): the preset, a dictionary of count/precision
+        overrides (keys of :class:`bids_denoise.interfaces.ddm2.DDM2` inputs, e.g.
+        ``stage1_steps``; ``None`` values are ignored), the seed and whether to output the networks.
+    checkpoint_root : str, optional
+        DDM2 only: stage checkpoints go to ``<checkpoint_root>/<group label>``. It must lie outside
+        the Nipype node folders (Nipype empties a node's folder before rerunning it). ``None``:
+        no checkpoints.
     omp_nthreads : int
         Threads each denoising node may use.
     mem_gb : float
@@ -75,6 +89,9 @@ def init_dwi_denoise_wf(
         3D root mean square of the residuals over all denoised volumes.
     groups, n_denoised, devices, run_times
         What was denoised where, for the sidecars.
+    history_files, model_files, group_labels
+        DDM2 only: the training history JSON of every group, the model files of the groups
+        that have a model (with ``ddm2_save_model``) and the labels of all groups.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -84,10 +101,11 @@ def init_dwi_denoise_wf(
         niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file", "mask_file"]),
         name="inputnode",
     )
+    ddm2_fields = ["history_files", "model_files", "group_labels"] if method == "ddm2" else []
     outputnode = pe.Node(
         niu.IdentityInterface(fields=[
             "denoised_file", "bval_file", "bvec_file", "noise_file",
-            "groups", "n_denoised", "devices", "run_times",
+            "groups", "n_denoised", "devices", "run_times", *ddm2_fields,
         ]),
         name="outputnode",
     )
@@ -95,17 +113,23 @@ def init_dwi_denoise_wf(
         SplitShells(b0_threshold=b0_threshold, shell_tolerance=shell_tolerance, grouping=shell_grouping),
         name="split_shells",
     )
-    denoise = pe.MapNode(
-        Patch2Self(
+    if method == "ddm2":
+        overrides = {k: v for k, v in (ddm2_overrides or {}).items() if v is not None}
+        interface = DDM2(
+            b0_threshold=b0_threshold, b0_denoising=b0_denoising, preset=ddm2_preset, device=device,
+            seed=seed, save_model=ddm2_save_model, num_threads=omp_nthreads, **overrides,
+        )
+        iterfield = ["in_file", "bval_file", "group_label"]
+        if checkpoint_root is not None:
+            iterfield.append("checkpoint_dir")
+    else:
+        interface = Patch2Self(
             b0_threshold=b0_threshold, b0_denoising=b0_denoising, model=p2s_model, alpha=p2s_alpha,
             patch_radius=radius, clip_negative_vals=clip_negative_vals, device=device,
             num_threads=omp_nthreads,
-        ),
-        iterfield=["in_file", "bval_file"],
-        name="denoise",
-        n_procs=omp_nthreads,
-        mem_gb=mem_gb,
-    )
+        )
+        iterfield = ["in_file", "bval_file"]
+    denoise = pe.MapNode(interface, iterfield=iterfield, name="denoise", n_procs=omp_nthreads, mem_gb=mem_gb)
     merge = pe.Node(MergeShells(), name="merge_shells")
 
     workflow.connect([
@@ -126,4 +150,27 @@ def init_dwi_denoise_wf(
             ("n_denoised", "n_denoised"), ("device", "devices"), ("run_time", "run_times"),
         ]),
     ])  # fmt:skip
+    if method == "ddm2":
+        labels = pe.Node(
+            niu.Function(function=_group_folders, input_names=["groups", "root"],
+                         output_names=["labels", "folders"]),
+            name="ddm2_groups",
+        )
+        labels.inputs.root = checkpoint_root
+        workflow.connect([
+            (split, labels, [("groups", "groups")]),
+            (labels, denoise, [("labels", "group_label")]),
+            (labels, outputnode, [("labels", "group_labels")]),
+            (denoise, outputnode, [("history_file", "history_files"), ("model_file", "model_files")]),
+        ])  # fmt:skip
+        if checkpoint_root is not None:
+            workflow.connect(labels, "folders", denoise, "checkpoint_dir")
     return workflow
+
+
+def _group_folders(groups, root):
+    """Labels of the groups and their checkpoint folders ``<root>/<label>`` (root may be None)."""
+    import os
+
+    labels = [str(group["Label"]) for group in groups]
+    return labels, [os.path.join(root, label) if root else "" for label in labels]

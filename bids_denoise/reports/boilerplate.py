@@ -1,0 +1,352 @@
+"""The methods text ("boilerplate") of a run, and ``logs/CITATION.{md,bib,html}``.
+
+:func:`build_boilerplate` writes one Markdown paragraph from the settings
+(``config.workflow``) and the selected runs: how many shells the b-values of those runs really
+form, how volumes were grouped, what happened to the b=0 volumes, and the denoiser with its
+parameters. Citations use pandoc's ``[@key]`` syntax with the keys of
+``bids_denoise/data/boilerplate.bib``.
+
+Each denoiser has its own sentence function, chosen by :func:`_method_sentence`; a new method
+adds one function and one entry in :data:`METHOD_SENTENCES`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from bids_denoise.__about__ import __version__
+from bids_denoise.denoise.shells import group_volumes
+from bids_denoise.reports.markdown import markdown_to_html, parse_bibtex, references_html
+
+LOGGER = logging.getLogger(__name__)
+
+BIB_FILE = Path(__file__).resolve().parents[1] / "data" / "boilerplate.bib"
+#: Placeholder in ``boilerplate.bib`` replaced by the running version.
+VERSION_PLACEHOLDER = "{{version}}"
+CITATION_NAMES = ("CITATION.md", "CITATION.bib", "CITATION.html")
+_MODEL_NAMES = {"ols": "ordinary least squares (OLS)", "ridge": "ridge", "lasso": "lasso"}
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
+def _join(items: list[str]) -> str:
+    items = [str(i) for i in items]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _bvalue_list(values: Iterable[int]) -> str:
+    values = sorted(set(int(v) for v in values))
+    if len(values) > 6:
+        return f"{values[0]} to {values[-1]}"
+    return _join([str(v) for v in values])
+
+
+def _flatten_runs(runs) -> list:
+    if runs is None:
+        return []
+    if isinstance(runs, Mapping):
+        return [run for subject in sorted(runs) for run in (runs[subject] or [])]
+    return list(runs)
+
+
+# ------------------------------------------------------------------------------ shell survey
+def survey_runs(runs, *, b0_threshold: float, shell_tolerance: float) -> list[dict]:
+    """The b0 count and the shells of each run, from its bval file.
+
+    Parameters
+    ----------
+    runs : mapping of subject to runs, or iterable of runs
+        Objects with ``bval_file`` (and ``dwi_file``), as :class:`bids_denoise.utils.bids.DWIRun`.
+    b0_threshold, shell_tolerance : float
+        As in :func:`bids_denoise.denoise.shells.group_volumes`.
+
+    Returns
+    -------
+    list of dict
+        Per readable run: ``file``, ``subject`` (or ``None``), ``n_volumes``, ``n_b0``,
+        ``shells`` (nominal b-values, increasing) and ``shell_counts``. Unreadable bval files
+        are skipped with a warning.
+    """
+    survey = []
+    for run in _flatten_runs(runs):
+        try:
+            bvals = np.loadtxt(run.bval_file, ndmin=1).ravel()
+            groups = group_volumes(bvals, b0_threshold=b0_threshold, grouping="shell",
+                                   shell_tolerance=shell_tolerance)
+        except (OSError, ValueError) as exc:
+            LOGGER.warning("Cannot read the b-values of %s for the methods text (%s).", run.bval_file, exc)
+            continue
+        shells = [g for g in groups if not g.is_b0]
+        entities = getattr(run, "entities", None) or {}
+        survey.append({
+            "file": str(getattr(run, "dwi_file", run.bval_file)),
+            "subject": entities.get("subject"),
+            "n_volumes": int(bvals.size),
+            "n_b0": sum(g.size for g in groups if g.is_b0),
+            "shells": [g.nominal_bvalue for g in shells],
+            "shell_counts": [g.size for g in shells],
+        })
+    return survey
+
+
+def _shell_sentence(survey: list[dict], b0_threshold: float, shell_tolerance: float) -> str:
+    threshold = f"a b0 threshold of {b0_threshold:g} s/mm²"
+    clustering = f"b-values within {shell_tolerance:g} s/mm² of each other formed one shell"
+    if not survey:
+        return (f"Volumes were split into b=0 volumes and diffusion-weighted shells with {threshold} "
+                f"({clustering}).")
+    n_runs = len(survey)
+    counts = sorted({len(s["shells"]) for s in survey})
+    if len(counts) == 1:
+        n = counts[0]
+        same = all(s["shells"] == survey[0]["shells"] and s["shell_counts"] == survey[0]["shell_counts"]
+                   for s in survey)
+        where = "The volumes" if n_runs == 1 else f"In each of the {n_runs} series, the volumes"
+        if n == 0:
+            shells = "no diffusion-weighted shell (b=0 volumes only)"
+        elif same:
+            shells = (f"{_plural(n, 'diffusion-weighted shell')} (b = {_bvalue_list(survey[0]['shells'])} s/mm², "
+                      f"with {_join(survey[0]['shell_counts'])} volumes)")
+        else:
+            shells = (f"{_plural(n, 'diffusion-weighted shell')} (b = "
+                      f"{_bvalue_list(b for s in survey for b in s['shells'])} s/mm² across series)")
+        b0 = sorted({s["n_b0"] for s in survey})
+        b0_text = _plural(b0[0], "b=0 volume") if len(b0) == 1 else f"{b0[0]} to {b0[-1]} b=0 volumes"
+        return f"{where} were split into {shells} and {b0_text}, with {threshold} ({clustering})."
+    parts = []
+    for n in counts:
+        members = [s for s in survey if len(s["shells"]) == n]
+        bvals = _bvalue_list(b for s in members for b in s["shells"])
+        parts.append(f"{_plural(n, 'shell')} in {_plural(len(members), 'series', 'series')}"
+                     + (f" (b = {bvals} s/mm²)" if n else ""))
+    return (f"With {threshold} ({clustering}), the volumes of the {n_runs} series were split into "
+            f"b=0 volumes and {counts[0]} to {counts[-1]} diffusion-weighted shells: {'; '.join(parts)}.")
+
+
+def _grouping_sentence(settings, survey: list[dict]) -> str:
+    if settings.shell_grouping == "all":
+        multi = any(len(s["shells"]) > 1 for s in survey) if survey else True
+        return ("All diffusion-weighted volumes of a series were then pooled into one group and denoised "
+                "together" + (", across shells." if multi else "."))
+    return "Each shell was denoised from its own volumes only."
+
+
+def _b0_sentence(settings, survey: list[dict]) -> str:
+    if survey and all(s["n_b0"] == 0 for s in survey):
+        return "None of the series had b=0 volumes."
+    if not settings.b0_denoising:
+        return "The b=0 volumes were not denoised: they were copied through unchanged."
+    single = [s for s in survey if s["n_b0"] == 1]
+    note = (f" (in {_plural(len(single), 'series', 'series')} with a single b=0 volume it was left unchanged, "
+            "as at least two are needed)") if single else ""
+    return f"The b=0 volumes were denoised as a group of their own, from each other{note}."
+
+
+# --------------------------------------------------------------------------- method sentences
+def _patch2self_sentence(settings) -> str:
+    model = str(getattr(settings, "p2s_model", "ols"))
+    alpha = float(getattr(settings, "p2s_alpha", 1.0))
+    regression = _MODEL_NAMES.get(model, model) + " regression"
+    if model in ("ridge", "lasso"):
+        regression += f" (alpha = {alpha:g})"
+    radius = [int(r) for r in np.atleast_1d(getattr(settings, "patch_radius", (0, 0, 0)))]
+    if len(set(radius)) == 1:
+        patch = f"a patch radius of {radius[0]}" + (" (single voxels)" if radius[0] == 0 else
+                                                     f" (patches of {2 * radius[0] + 1}³ voxels)")
+    else:
+        patch = f"a patch radius of {_join([str(r) for r in radius])} voxels along x, y and z"
+    sentence = (
+        "Denoising used Patch2Self [@patch2self], a self-supervised method that predicts each volume "
+        f"from the other volumes of its group, with {regression} and {patch}."
+    )
+    if getattr(settings, "clip_negative_vals", False):
+        sentence += " Negative denoised values were set to zero."
+    return sentence
+
+
+def _ddm2_settings(settings) -> dict:
+    """Preset and counts of a DDM2 run: ``config.workflow.ddm2_*`` over the preset's defaults."""
+    preset = getattr(settings, "ddm2_preset", None)
+    keys = ("stage1_steps", "stage3_steps", "sampling_steps", "flips")
+    values = {key: getattr(settings, f"ddm2_{key}", None) for key in keys}
+    values.update({k: v for k, v in dict(getattr(settings, "ddm2_steps", None) or {}).items()
+                   if values.get(k) is None and k in keys})
+    if preset:
+        try:  # the preset table lives with the DDM2 engine; the text must not depend on it
+            from bids_denoise.denoise.ddm2.settings import resolve_settings
+
+            resolved = resolve_settings(preset, **{k: v for k, v in values.items() if v is not None})
+            values = {key: getattr(resolved, key, values[key]) for key in keys}
+        except Exception as exc:  # noqa: BLE001
+            LOGGER.debug("DDM2 preset %s not resolved for the methods text: %s", preset, exc)
+    return {"preset": preset, **values}
+
+
+def _ddm2_sentence(settings) -> str:
+    """DDM2 sentence from ``config.workflow.ddm2_*`` (every attribute optional)."""
+    values = _ddm2_settings(settings)
+    details = []
+    if values["stage1_steps"] is not None:
+        details.append(f"stage I: {int(values['stage1_steps']):,} training steps")
+    if values["stage3_steps"] is not None:
+        details.append(f"stage III: {int(values['stage3_steps']):,} training steps")
+    sampling = values["sampling_steps"]
+    if sampling is not None:
+        details.append("sampling: the full reverse chain from each slice's matched step" if int(sampling) == 0
+                       else f"sampling: at most {int(sampling)} strided reverse steps from each slice's matched step")
+    if values["flips"] is not None and int(values["flips"]) > 1:
+        details.append(f"{int(values['flips'])} flipped copies averaged")
+    preset = f" with the {values['preset']} preset" if values["preset"] else ""
+    if details:
+        preset = (preset or " with") + " (" + "; ".join(details) + ")"
+    return (
+        "Denoising used DDM2 [@ddm2], a self-supervised method in three stages, with one model trained per "
+        "volume group: a network that predicts each slice from the same slice of neighbouring volumes "
+        "(stage I), the matching of each slice to a state of the diffusion Markov chain (stage II), and a "
+        "diffusion model trained on the stage-I estimates and the matched noise (stage III), run"
+        + (preset or " with its default settings")
+        + "."
+    )
+
+
+#: Denoiser name (``config.workflow.method``) to its sentence.
+METHOD_SENTENCES = {"patch2self": _patch2self_sentence, "ddm2": _ddm2_sentence}
+
+
+def _method_sentence(settings) -> str:
+    """The sentence describing the configured denoiser and all of its parameters."""
+    method = str(getattr(settings, "method", "patch2self"))
+    writer = METHOD_SENTENCES.get(method)
+    return writer(settings) if writer else f"Denoising used {method}."
+
+
+# ---------------------------------------------------------------------------- the paragraph
+def _selected_runs_from_config():
+    """The runs the CLI selected (same layout, labels and filters), or ``None``."""
+    try:
+        from bids_denoise import config
+
+        execution = config.execution
+        if execution.layout is None:
+            return None
+        from bids_denoise.utils.bids import collect_dwi_runs, collect_participants
+
+        subjects = collect_participants(execution.layout, participant_label=execution.participant_label) or []
+    except Exception as exc:  # noqa: BLE001 - the text falls back to a generic sentence
+        LOGGER.debug("No run selection for the methods text: %s", exc)
+        return None
+    runs = {}
+    for subject in subjects:
+        try:
+            runs[subject] = list(collect_dwi_runs(execution.layout, subject, sessions=execution.session_label,
+                                                  bids_filters=execution.bids_filters) or [])
+        except Exception as exc:  # noqa: BLE001 - e.g. a run without gradients
+            LOGGER.debug("sub-%s left out of the methods text: %s", subject, exc)
+    return runs
+
+
+def build_boilerplate(settings=None, runs=None, *, version: str | None = None) -> str:
+    """The methods paragraph (Markdown with ``[@key]`` citations).
+
+    Parameters
+    ----------
+    settings : object, optional
+        Has the attributes of ``config.workflow`` (``method``, ``b0_threshold``,
+        ``shell_tolerance``, ``shell_grouping``, ``b0_denoising`` and the method's
+        parameters). Default: ``config.workflow``.
+    runs : mapping or iterable, optional
+        The selected runs (subject -> runs, or runs), whose b-values give the real number of
+        shells. Default: the runs selected by the CLI's layout and filters, when there is one;
+        otherwise the text says nothing about counts.
+    version : str, optional
+        bids_denoise version to state. Default: the running version.
+    """
+    if settings is None:
+        from bids_denoise import config
+
+        settings = config.workflow
+    if runs is None:
+        runs = _selected_runs_from_config()
+    b0_threshold = float(settings.b0_threshold)
+    shell_tolerance = float(settings.shell_tolerance)
+    survey = survey_runs(runs, b0_threshold=b0_threshold, shell_tolerance=shell_tolerance)
+    subjects = {s["subject"] for s in survey if s["subject"]}
+    scope = ""
+    if survey:
+        scope = f"{_plural(len(survey), 'DWI series', 'DWI series')}"
+        if subjects:
+            scope += f" of {_plural(len(subjects), 'participant')}"
+        scope = f" {scope[0].upper()}{scope[1:]} {'was' if len(survey) == 1 else 'were'} processed."
+    sentences = [
+        f"Diffusion MRI data were denoised with *bids_denoise* {version or __version__} [@bids_denoise].{scope}",
+        _shell_sentence(survey, b0_threshold, shell_tolerance),
+        _grouping_sentence(settings, survey),
+        _b0_sentence(settings, survey),
+        _method_sentence(settings),
+        "The denoised volumes were put back in their acquisition order, and the residuals (raw minus "
+        "denoised) were summarised per voxel as a noise map.",
+        "The workflow was built with Nipype [@nipype]; data were indexed with PyBIDS [@pybids] and read "
+        "and written with NiBabel [@nibabel].",
+    ]
+    return "### Diffusion MRI denoising\n\n" + " ".join(sentences) + "\n"
+
+
+# -------------------------------------------------------------------------------- citations
+def bibtex(version: str | None = None) -> str:
+    """The package's ``boilerplate.bib`` with the version filled in."""
+    return BIB_FILE.read_text(encoding="utf-8").replace(VERSION_PLACEHOLDER, version or __version__)
+
+
+def citation_html(markdown: str, bib_text: str | None = None, *, title: str = "Methods") -> str:
+    """A standalone HTML page of the methods text with its reference list."""
+    references = parse_bibtex(bib_text if bib_text is not None else bibtex())
+    body, cited = markdown_to_html(markdown, references)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n"
+        "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.5;padding:0 1em}"
+        "ol.references li{margin-bottom:.4em}</style>\n</head>\n<body>\n"
+        f"{body}\n<h3>References</h3>\n{references_html(cited, references)}\n</body>\n</html>\n"
+    )
+
+
+def write_citation_files(output_dir: str | os.PathLike, markdown: str, *, version: str | None = None) -> dict:
+    """Write ``<output_dir>/logs/CITATION.md``, ``.bib`` and ``.html`` (atomically).
+
+    The HTML comes from :func:`citation_html` (no pandoc needed).
+
+    Returns
+    -------
+    dict
+        ``{"md": path, "bib": path, "html": path}``.
+    """
+    from bids_denoise.utils.atomic import atomic_write_text
+
+    logs = Path(output_dir) / "logs"
+    bib_text = bibtex(version)
+    return {
+        "md": atomic_write_text(logs / "CITATION.md", markdown),
+        "bib": atomic_write_text(logs / "CITATION.bib", bib_text),
+        "html": atomic_write_text(logs / "CITATION.html", citation_html(markdown, bib_text)),
+    }
+
+
+__all__ = [
+    "METHOD_SENTENCES",
+    "bibtex",
+    "build_boilerplate",
+    "citation_html",
+    "survey_runs",
+    "write_citation_files",
+]
