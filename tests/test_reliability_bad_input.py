@@ -3,9 +3,7 @@ partial written for the bad run, and the other runs still processed."""
 
 from __future__ import annotations
 
-import gzip
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nb

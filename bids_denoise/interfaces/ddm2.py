@@ -7,8 +7,6 @@ import logging
 import os
 import warnings
 
-import nibabel as nb
-import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -20,7 +18,7 @@ from nipype.interfaces.base import (
 
 from bids_denoise.denoise.shells import B0_THRESHOLD
 from bids_denoise.errors import DataError
-from bids_denoise.interfaces.shells import _save_like, load_bvals
+from bids_denoise.interfaces.shells import _save_like, read_group
 from bids_denoise.utils.threads import limit_threads
 
 LOGGER = logging.getLogger("nipype.interface")
@@ -93,12 +91,7 @@ class DDM2(SimpleInterface):
         from bids_denoise.denoise.ddm2.checkpoints import export_model
         from bids_denoise.denoise.patch2self import resolve_device
 
-        img = nb.load(self.inputs.in_file)
-        data = np.asanyarray(img.dataobj)
-        bvals = load_bvals(self.inputs.bval_file, data.shape[3] if data.ndim == 4 else None)
-        mask = None
-        if isdefined(self.inputs.mask_file):
-            mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
+        img, data, bvals, mask = read_group(self.inputs.in_file, self.inputs.bval_file, self.inputs.mask_file)
         device = resolve_device(self.inputs.device)
         checkpoint_dir = self.inputs.checkpoint_dir if isdefined(self.inputs.checkpoint_dir) else None
         with limit_threads(self.inputs.num_threads), warnings.catch_warnings(record=True) as caught:

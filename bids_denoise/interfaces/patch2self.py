@@ -6,14 +6,12 @@ import logging
 import time
 import warnings
 
-import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
     SimpleInterface,
     TraitedSpec,
-    isdefined,
     traits,
 )
 
@@ -24,7 +22,7 @@ from bids_denoise.denoise.patch2self import (
 )
 from bids_denoise.denoise.shells import B0_THRESHOLD
 from bids_denoise.errors import DataError
-from bids_denoise.interfaces.shells import _save_like, load_bvals
+from bids_denoise.interfaces.shells import _save_like, read_group
 from bids_denoise.utils.threads import limit_threads
 
 LOGGER = logging.getLogger("nipype.interface")
@@ -66,12 +64,7 @@ class Patch2Self(SimpleInterface):
     output_spec = _Patch2SelfOutputSpec
 
     def _run_interface(self, runtime):
-        img = nb.load(self.inputs.in_file)
-        data = np.asanyarray(img.dataobj)
-        bvals = load_bvals(self.inputs.bval_file, data.shape[3] if data.ndim == 4 else None)
-        mask = None
-        if isdefined(self.inputs.mask_file):
-            mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
+        img, data, bvals, mask = read_group(self.inputs.in_file, self.inputs.bval_file, self.inputs.mask_file)
         device = resolve_device(self.inputs.device)
         started = time.perf_counter()
         with limit_threads(self.inputs.num_threads), warnings.catch_warnings(record=True) as caught:

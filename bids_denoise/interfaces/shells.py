@@ -31,6 +31,17 @@ def load_bvals(bval_file, n_volumes=None) -> np.ndarray:
     return bvals
 
 
+def read_group(in_file, bval_file, mask_file=None):
+    """Load one group for a denoiser: (image, data array, b-values, boolean mask or None)."""
+    img = nb.load(in_file)
+    data = np.asanyarray(img.dataobj)
+    bvals = load_bvals(bval_file, data.shape[3] if data.ndim == 4 else None)
+    mask = None
+    if mask_file is not None and isdefined(mask_file):
+        mask = np.asanyarray(nb.load(mask_file).dataobj) > 0
+    return img, data, bvals, mask
+
+
 class _SplitShellsInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="4D DWI series")
     bval_file = File(exists=True, mandatory=True, desc="FSL bval file of in_file")

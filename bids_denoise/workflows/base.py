@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import nibabel as nb
-from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_denoise import config
