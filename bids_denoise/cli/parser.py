@@ -74,34 +74,24 @@ def _float_type(minimum: float, inclusive: bool):
     return _convert
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return number
+def _int_type(minimum: int, maximum: int | None = None):
+    def _convert(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        if maximum is not None and not minimum <= number <= maximum:
+            raise argparse.ArgumentTypeError(f"{value} is outside {minimum}..{maximum}")
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
+        return number
+
+    return _convert
 
 
-def _nonnegative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return number
-
-
-def _radius_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if not 0 <= number <= MAX_PATCH_RADIUS:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0..{MAX_PATCH_RADIUS}")
-    return number
+_positive_int = _int_type(1)
+_nonnegative_int = _int_type(0)
+_radius_int = _int_type(0, MAX_PATCH_RADIUS)
 
 
 def _existing_file(value: str) -> Path:
