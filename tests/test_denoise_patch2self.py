@@ -264,6 +264,79 @@ def test_default_clip_is_documented_constant():
     np.testing.assert_array_equal(default, explicit)
 
 
+# ---------------------------------------------------------------------------- memory order
+# nibabel returns NIfTI data Fortran-ordered; at radius 0 the engine reads them in place.
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Voxel blocks of a few dozen voxels, so block edges fall everywhere in small arrays."""
+    import bids_denoise.denoise.patch2self as engine
+
+    monkeypatch.setattr(engine, "BLOCK_BYTES", {"cpu": 4096, "cuda": 4096})
+
+
+@pytest.mark.parametrize("radius", [0, (1, 0, 1)], ids=["r0", "r101"])
+@pytest.mark.parametrize("grouping", ["shell", "all"])
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+def test_fortran_ordered_input_is_exact(small_blocks, radius, grouping, with_mask):
+    bvals = B10 if radius else B13
+    data = np.asfortranarray(noisy_dwi((7, 6, 5), bvals, seed=31))
+    mask = fit_mask_for((7, 6, 5), seed=3) if with_mask else None
+    ours, noise = run_p2s_noise(data, bvals, patch_radius=radius, grouping=grouping, fit_mask=mask,
+                                clip_negative_vals=False, out_dtype=np.float64)
+    ref, denoised = reference_patch2self(data, reference_groups(bvals, grouping), radius,
+                                         fit_mask=mask)
+    assert rel_err(ours, ref) < EXACT_RTOL
+    expected_noise = np.sqrt(np.mean((data[..., denoised] - ref[..., denoised]) ** 2, axis=-1))
+    assert rel_err(noise, expected_noise) < FLOAT32_RTOL
+
+
+def _as_order(data, order):
+    if order == "F":
+        return np.asfortranarray(data)
+    if order == "strided":  # neither C- nor Fortran-contiguous
+        padded = np.zeros(data.shape[:3] + (2 * data.shape[3],), dtype=data.dtype)
+        padded[..., ::2] = data
+        return padded[..., ::2]
+    return np.ascontiguousarray(data)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint16])
+@pytest.mark.parametrize("kwargs", [
+    pytest.param({}, id="defaults"),
+    pytest.param(dict(b0_denoising=False), id="b0-copied"),
+    pytest.param(dict(shift_intensity=True, clip_negative_vals=False), id="shift"),
+    pytest.param(dict(model="ridge", alpha=2.0, grouping="all"), id="ridge-all"),
+    pytest.param(dict(model="lasso", alpha=0.5), id="lasso"),
+    pytest.param(dict(patch_radius=1), id="r1"),
+])
+def test_memory_order_does_not_change_the_result(small_blocks, dtype, kwargs):
+    bvals = B13
+    data = (noisy_dwi((6, 5, 4), bvals, seed=32, s0=300.0)).astype(dtype)
+    results = {
+        order: run_p2s_noise(_as_order(data, order), bvals, **kwargs)
+        for order in ("C", "F", "strided")
+    }
+    reference, reference_noise = results["C"]
+    assert not np.array_equal(reference, data.astype(np.float32))
+    for order in ("F", "strided"):
+        out, noise = results[order]
+        assert out.shape == data.shape and out.dtype == np.float32
+        np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-4 * np.abs(reference).max())
+        np.testing.assert_allclose(noise, reference_noise, rtol=1e-5, atol=1e-5 * reference_noise.max())
+
+
+def test_fortran_input_gives_fortran_output_at_radius_0():
+    """NIfTI writers then store the result without reordering it."""
+    data = np.asfortranarray(noisy_dwi((6, 5, 4), B13, seed=33).astype(np.float32))
+    out, noise = run_p2s_noise(data, B13)
+    assert out.flags.f_contiguous and noise.flags.f_contiguous
+    c_out = run_p2s(np.ascontiguousarray(data), B13)
+    assert c_out.flags.c_contiguous
+    np.testing.assert_allclose(out, c_out, rtol=1e-5, atol=1e-4 * np.abs(c_out).max())
+
+
 # ------------------------------------------------------------------------------ GPU
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
