@@ -784,7 +784,9 @@ def patch2self(
     -------
     ndarray of ``out_dtype`` (float32), shape ``data.shape``
         The denoised series in the input's units. Groups of one volume, and b0s when
-        ``b0_denoising`` is False, are copied through unchanged.
+        ``b0_denoising`` is False, are copied through unchanged. At radius 0 it has the
+        input's memory order: Fortran-ordered input (what nibabel returns) is read in place and
+        gives Fortran-ordered output, which NIfTI writers store without reordering.
 
     Raises
     ------
