@@ -148,7 +148,8 @@ def _blocks(shape, n_features, device):
     """Yield (x0, x1, y0, y1) blocks whose float64 features fit the block budget.
 
     Blocks run along x, the slowest axis of a C-ordered (x, y, z, N) array, so a block of
-    whole yz-planes is one contiguous piece of memory.
+    whole yz-planes is one contiguous piece of memory. At radius 0 the engine's shape is
+    ``(voxels, 1, 1)`` (see :class:`_Layout`) and a block is a run of voxels.
     """
     nx, ny, nz = shape
     voxels = max(1, BLOCK_BYTES[device.type] // (max(1, n_features) * 8))
@@ -797,7 +798,8 @@ def patch2self(
     Notes
     -----
     Memory: the full patch matrix is never built for "ols" and "ridge"; features are built
-    block by block. At radius 0 the peak is the output plus a few blocks of 32 MB.
+    block by block. At radius 0 the peak is the output plus a few voxel blocks of
+    :data:`BLOCK_BYTES` (8 MB on the CPU).
     Results are deterministic for the same input on the same device.
     """
     denoised, _ = _denoise(
