@@ -340,6 +340,22 @@ def test_compare_derivatives_reports_differences(tmp_path):
     assert "$.VolumeGroups[0].Count: 4 vs 5" in result.stdout
 
 
+def test_compare_derivatives_matches_run_records_by_name_and_needs_figures_to_have_content(tmp_path):
+    for side, run_id in (("a", "20250101-120000_1a2b3c4d"), ("b", "20260202-130000_5e6f7a8b")):
+        _fake_derivatives(tmp_path / side)
+        (tmp_path / side / "logs").mkdir()
+        (tmp_path / side / "logs" / f"config-{run_id}.toml").write_text(f"run_uuid = '{run_id}'\n")
+        (tmp_path / side / "sub-01.html").write_text(f"<p>{side}</p>")
+    result = _compare(tmp_path / "a", tmp_path / "b")
+    assert result.returncode == 0, result.stdout
+    (tmp_path / "b" / "sub-01.html").write_text("")
+    (tmp_path / "a" / "logs" / "config-20250101-120000_1a2b3c4d.toml").unlink()
+    result = _compare(tmp_path / "a", tmp_path / "b", "--ignore-key", "Count")
+    assert result.returncode == 1
+    assert "sub-01.html: empty in B" in result.stdout
+    assert "logs/config-<run_uuid>.toml: only in B" in result.stdout
+
+
 # --------------------------------------------------------------------- a real Slurm cluster
 def _slurm_answers() -> bool:
     if shutil.which("sinfo") is None:

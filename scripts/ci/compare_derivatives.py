@@ -2,18 +2,23 @@
 """Check that two bids_denoise output folders hold the same derivatives.
 
     python scripts/ci/compare_derivatives.py DIR_A DIR_B [--atol 1e-4] [--rtol 1e-5]
-                                             [--ignore-key KEY ...] [--exclude GLOB ...]
+        [--ignore-key KEY ...] [--exclude GLOB ...] [--loose GLOB ...] [--compare-figures]
 
-* the lists of files must be identical (left out: the hidden lock file, write probes and the
-  per-run configuration records ``logs/config-<run id>.toml``);
+CI uses it twice: ``test_slurm.sh`` compares each Slurm mode with a MultiProc run, and
+``test_container.sh`` compares the image's outputs with a host run.
+
+* the lists of files must be identical once run identifiers in file names
+  (``logs/config-20250101-120000_1a2b3c4d.toml``) are replaced by ``<run_uuid>``; left out:
+  the hidden lock file and write probes;
 * NIfTI images: same shape, data type, affine, voxel sizes and qform/sform codes, and voxel
   values within ``--atol + --rtol * |b|`` (float32 tolerance by default; NaNs must match);
-* JSON files: equal once the volatile keys are removed (by default, at any depth: ``RunTime``,
-  ``Devices``, ``Device``, which depend on the machine and the load, and ``Provenance``,
-  which records how the run was made: command line, plugin, paths, git commit); numbers are
-  compared with the same tolerance;
+* JSON files: equal once the volatile keys are removed (at any depth: ``RunTime``,
+  ``Devices``, ``Device``, which depend on the machine and the load, ``Provenance``, which
+  records how the run was made, plus any ``--ignore-key``); numbers are compared with the same
+  tolerance;
 * figures and HTML reports (.svg, .png, .html, ...): present in both and not empty; their
   bytes hold drawing ids, dates and paths (``--compare-figures`` compares them byte for byte);
+  so are the per-run configuration records ``logs/config-*.toml`` and any ``--loose`` glob;
 * every other file (.bval, .bvec, .tsv, .md, ...): byte for byte.
 
 Prints one line per difference and a summary; exit status 0 when the folders match, 1 when
@@ -26,25 +31,34 @@ import argparse
 import fnmatch
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 VOLATILE_KEYS = ("RunTime", "Devices", "Device", "Provenance")
 FIGURE_SUFFIXES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".html")
-#: Left out of every comparison: the output lock, write probes, and the per-run configuration
-#: records (``logs/config-<run id>.toml``: each run writes its own, named after its run id).
-DEFAULT_EXCLUDE = (".bids_denoise.lock", ".bids_denoise_write_test_*", "logs/config-*.toml")
+#: Left out of every comparison: the output lock and write probes.
+DEFAULT_EXCLUDE = (".bids_denoise.lock", ".bids_denoise_write_test_*")
+#: Only required to exist, not empty, in both: each run writes its own configuration record.
+DEFAULT_LOOSE = ("logs/config-*.toml",)
+#: ``bids_denoise.config.new_run_uuid()``: YYYYmmdd-HHMMSS_<8 hex digits>.
+RUN_UUID = re.compile(r"\d{8}-\d{6}_[0-9a-f]{8}")
 
 
-def list_files(root: Path, exclude) -> set[str]:
-    files = set()
-    for path in root.rglob("*"):
+def list_files(root: Path, exclude) -> dict[str, Path]:
+    """``{relative path with run ids replaced by <run_uuid>: file}`` for the files under ``root``.
+
+    When several files share a name (one configuration record per invocation, e.g. one per
+    job of a Slurm array), the last in sorted order is kept.
+    """
+    files = {}
+    for path in sorted(root.rglob("*")):
         if not path.is_file():
             continue
         rel = path.relative_to(root).as_posix()
         if any(fnmatch.fnmatch(path.name, pat) or fnmatch.fnmatch(rel, pat) for pat in exclude):
             continue
-        files.add(rel)
+        files[RUN_UUID.sub("<run_uuid>", rel)] = path
     return files
 
 
@@ -118,29 +132,32 @@ def compare_nifti(fa: Path, fb: Path, atol, rtol) -> tuple[list[str], float]:
 
 
 def compare(dir_a: Path, dir_b: Path, *, atol=1e-4, rtol=1e-5, ignore=VOLATILE_KEYS, exclude=DEFAULT_EXCLUDE,
-            compare_figures=False):
+            loose=DEFAULT_LOOSE, compare_figures=False):
     """Return ``(differences, counts)``: a list of ``"path: problem"`` lines and per-kind counts."""
     files_a, files_b = list_files(dir_a, exclude), list_files(dir_b, exclude)
-    diffs = [f"{rel}: only in A ({dir_a})" for rel in sorted(files_a - files_b)]
-    diffs += [f"{rel}: only in B ({dir_b})" for rel in sorted(files_b - files_a)]
+    diffs = [f"{rel}: only in A ({dir_a})" for rel in sorted(set(files_a) - set(files_b))]
+    diffs += [f"{rel}: only in B ({dir_b})" for rel in sorted(set(files_b) - set(files_a))]
     counts = {"nifti": 0, "json": 0, "figures": 0, "other": 0, "max_abs_diff": 0.0}
-    for rel in sorted(files_a & files_b):
-        fa, fb = dir_a / rel, dir_b / rel
-        if rel.endswith((".nii", ".nii.gz")):
+    for rel in sorted(set(files_a) & set(files_b)):
+        fa, fb = files_a[rel], files_b[rel]
+        presence_only = any(fnmatch.fnmatch(rel, pat) for pat in loose) or (
+            rel.lower().endswith(FIGURE_SUFFIXES) and not compare_figures
+        )
+        if presence_only:
+            problems = [f"empty in {side}" for side, f in (("A", fa), ("B", fb)) if f.stat().st_size == 0]
+            counts["figures"] += 1
+        elif rel.endswith((".nii", ".nii.gz")):
             problems, max_abs = compare_nifti(fa, fb, atol, rtol)
             counts["nifti"] += 1
             counts["max_abs_diff"] = max(counts["max_abs_diff"], max_abs)
         elif rel.endswith(".json"):
             problems = compare_json(fa, fb, set(ignore), atol, rtol)
             counts["json"] += 1
-        elif rel.lower().endswith(FIGURE_SUFFIXES) and not compare_figures:
-            problems = [f"empty in {side}" for side, f in (("A", fa), ("B", fb)) if f.stat().st_size == 0]
-            counts["figures"] += 1
         else:
             problems = [] if fa.read_bytes() == fb.read_bytes() else ["contents differ"]
             counts["other"] += 1
         diffs += [f"{rel}: {p}" for p in problems]
-    counts["files"] = len(files_a | files_b)
+    counts["files"] = len(set(files_a) | set(files_b))
     return diffs, counts
 
 
@@ -150,10 +167,14 @@ def main(argv=None) -> int:
     parser.add_argument("dir_b", type=Path)
     parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
     parser.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
-    parser.add_argument("--ignore-key", action="append", default=None, metavar="KEY",
-                        help=f"JSON key to ignore at any depth (repeatable; default {', '.join(VOLATILE_KEYS)})")
+    parser.add_argument("--ignore-key", action="append", default=[], metavar="KEY",
+                        help=f"another JSON key to ignore at any depth (repeatable); always ignored: "
+                        f"{', '.join(VOLATILE_KEYS)}")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                         help="file name or relative path pattern to leave out (repeatable)")
+    parser.add_argument("--loose", action="append", default=[], metavar="GLOB",
+                        help="relative paths only required to exist, not empty, in both (repeatable); "
+                        f"always: {', '.join(DEFAULT_LOOSE)} and figures")
     parser.add_argument("--compare-figures", action="store_true",
                         help="compare report figures byte for byte (default: presence only)")
     opts = parser.parse_args(argv)
@@ -162,15 +183,15 @@ def main(argv=None) -> int:
             parser.error(f"not a folder: {folder}")
     diffs, counts = compare(
         opts.dir_a, opts.dir_b, atol=opts.atol, rtol=opts.rtol,
-        ignore=tuple(opts.ignore_key) if opts.ignore_key else VOLATILE_KEYS,
-        exclude=DEFAULT_EXCLUDE + tuple(opts.exclude), compare_figures=opts.compare_figures,
+        ignore=VOLATILE_KEYS + tuple(opts.ignore_key), exclude=DEFAULT_EXCLUDE + tuple(opts.exclude),
+        loose=DEFAULT_LOOSE + tuple(opts.loose), compare_figures=opts.compare_figures,
     )
     for line in diffs:
         print(f"DIFF {line}")
     verdict = "MATCH" if not diffs else f"DIFFER ({len(diffs)} difference(s))"
     print(
         f"{verdict}: {counts['files']} files ({counts['nifti']} NIfTI, max |A-B| = {counts['max_abs_diff']:.3g}; "
-        f"{counts['json']} JSON; {counts['figures']} figures{'' if opts.compare_figures else ', presence only'}; "
+        f"{counts['json']} JSON; {counts['figures']} figures and records, presence only; "
         f"{counts['other']} other) in {opts.dir_a} vs {opts.dir_b}"
     )
     return 0 if not diffs else 1
