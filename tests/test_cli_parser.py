@@ -456,3 +456,10 @@ def test_parsed_namespace_is_returned(parse):
     opts = parse("--p2s-model", "lasso")
     assert opts.p2s_model == "lasso"
     assert isinstance(opts.bids_dir, Path)
+
+
+def test_readme_documents_every_option():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    options = {option for action in _build_parser()._actions for option in action.option_strings}
+    undocumented = sorted(option for option in options if f"`{option}" not in readme and f" {option}" not in readme)
+    assert not undocumented, f"README.md does not mention {undocumented}"
