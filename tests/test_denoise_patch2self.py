@@ -100,12 +100,24 @@ def make_estimator(model, alpha):
     raise AssertionError(model)
 
 
+def radial_means(stack, radius):
+    """(V, n, p) patches -> (V, n, K): the mean over each squared distance from the centre,
+    centre first (built here, independently of the engine's pooling matrix)."""
+    rx, ry, rz = radius
+    squared = [dx * dx + dy * dy + dz * dz
+               for dx in range(-rx, rx + 1) for dy in range(-ry, ry + 1) for dz in range(-rz, rz + 1)]
+    levels = sorted(set(squared))
+    return np.stack([stack[:, :, [i for i, d in enumerate(squared) if d == level]].mean(axis=2)
+                     for level in levels], axis=2)
+
+
 def reference_patch2self(data, groups, radius, model="ols", alpha=1.0, fit_mask=None,
-                         denoise_b0=True, bvals=None):
+                         denoise_b0=True, bvals=None, pooling="voxel"):
     """Leave-one-volume-out least squares per volume, on a copied float64 design.
 
     Returns ``(prediction, denoised_indices)``: ``prediction`` holds the raw (unclipped)
     predictions of every denoised volume and the input values of every copied volume.
+    ``pooling="radial"`` replaces each volume's patch by its means over each distance.
     """
     radius = tuple(radius) if isinstance(radius, tuple) else (int(radius),) * 3
     values = np.asarray(data, dtype=np.float64)
@@ -119,6 +131,8 @@ def reference_patch2self(data, groups, radius, model="ols", alpha=1.0, fit_mask=
         if not denoise_b0 and bvals is not None and np.all(np.asarray(bvals)[members] <= B0_THRESHOLD):
             continue
         stack = patch_stack(values[..., members], radius)
+        if pooling == "radial":
+            stack = radial_means(stack, radius)
         n_vox = stack.shape[0]
         for j, volume in enumerate(members):
             design = np.delete(stack, j, axis=1).reshape(n_vox, -1).copy()
@@ -215,6 +229,59 @@ def test_grouping_changes_the_result():
     assert rel_err(pooled, ref_shell) > 1e-4
 
 
+B4 = [1000, 0, 1000, 0]  # two groups of two: radius-2 designs stay well posed on small images
+
+
+@pytest.mark.parametrize("pooling", ["voxel", "radial"])
+@pytest.mark.parametrize("shape, bvals, radius, grouping", [
+    pytest.param((10, 9, 8), B4, 2, "shell", id="10x9x8-r2"),
+    pytest.param((10, 9, 8), B4, (2, 1, 0), "shell", id="10x9x8-r210"),
+    pytest.param((14, 12, 3), B4, (2, 2, 1), "all", id="14x12x3-r221"),
+    pytest.param((7, 6, 5), B6, 1, "all", id="7x6x5-r1"),
+    pytest.param((7, 6, 5), B10, (0, 1, 1), "shell", id="7x6x5-r011"),
+])
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+def test_exact_at_larger_radii_and_radial_pooling(shape, bvals, radius, grouping, pooling, with_mask):
+    data = noisy_dwi(shape, bvals, seed=sum(shape) + 7)
+    mask = fit_mask_for(shape, seed=9) if with_mask else None
+    ours = run_p2s(data, bvals, patch_radius=radius, patch_pooling=pooling, grouping=grouping,
+                   fit_mask=mask, clip_negative_vals=False, out_dtype=np.float64)
+    ref, denoised = reference_patch2self(data, reference_groups(bvals, grouping), radius,
+                                         fit_mask=mask, pooling=pooling)
+    assert denoised == list(range(len(bvals)))
+    assert rel_err(ours, ref) < EXACT_RTOL
+    assert rel_err(data, ref) > 1e3 * EXACT_RTOL
+
+
+def test_radial_pooling_is_a_different_regression():
+    data = noisy_dwi((7, 6, 5), B6, seed=41)
+    voxel = run_p2s(data, B6, patch_radius=1, clip_negative_vals=False, out_dtype=np.float64)
+    radial = run_p2s(data, B6, patch_radius=1, patch_pooling="radial", clip_negative_vals=False,
+                     out_dtype=np.float64)
+    assert rel_err(voxel, radial) > 1e-4
+    # At radius 0 there is nothing to pool.
+    np.testing.assert_array_equal(run_p2s(data, B6, patch_pooling="radial"), run_p2s(data, B6))
+
+
+def test_radial_pooling_with_a_regressor_object_matches_the_closed_form():
+    data = noisy_dwi((7, 6, 5), B6, seed=42)
+    kwargs = dict(patch_radius=1, patch_pooling="radial", clip_negative_vals=False, out_dtype=np.float64)
+    closed = run_p2s(data, B6, model="ridge", alpha=0.5, **kwargs)
+    estimator = run_p2s(data, B6, model=Ridge(alpha=0.5), **kwargs)
+    assert rel_err(estimator, closed) < EXACT_RTOL
+
+
+def test_large_offsets_keep_exactness():
+    """Values far from zero (10^5 plus a signal of about 100) lose no precision: each volume is
+    stored minus a constant near its mean. (At radius > 0 the zero padding makes such data an
+    ill-posed regression; tests/test_denoise_patch2self_lagged.py checks the Gram itself.)"""
+    data = noisy_dwi((7, 6, 5), B13, seed=43) + 1e5
+    ours = run_p2s(data, B13, clip_negative_vals=False, out_dtype=np.float64)
+    ref, _ = reference_patch2self(data, reference_groups(B13), 0)
+    # Relative to the denoising itself, not to the 10^5 offset.
+    assert np.abs(ours - ref).max() < EXACT_RTOL * np.abs(data - ref).max()
+
+
 def fit_mask_for(shape, seed):
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
     mask = (x**2 + y**2 + z**2) < 1.8
@@ -270,10 +337,12 @@ def test_default_clip_is_documented_constant():
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Voxel blocks of a few dozen voxels, so block edges fall everywhere in small arrays."""
-    import bids_denoise.denoise.patch2self as engine
+    """Voxel blocks of a few dozen voxels (one image plane per prediction block at radius > 0),
+    so block edges fall everywhere in small arrays."""
+    from bids_denoise.denoise.patch2self import lagged, voxelwise
 
-    monkeypatch.setattr(engine, "BLOCK_BYTES", {"cpu": 4096, "cuda": 4096})
+    monkeypatch.setattr(voxelwise, "BLOCK_BYTES", {"cpu": 4096, "cuda": 4096})
+    monkeypatch.setattr(lagged, "PREDICTION_BLOCK_BYTES", 1)
 
 
 @pytest.mark.parametrize("radius", [0, (1, 0, 1)], ids=["r0", "r101"])
