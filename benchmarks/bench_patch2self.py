@@ -40,7 +40,7 @@ import common  # noqa: E402
 REPO = HERE.parent
 DATA = HERE / "data"
 SHARED = Path(os.environ.get("BIDS_DENOISE_SHARED", REPO.parent / "shared"))
-ENGINE = REPO / "bids_denoise" / "denoise" / "patch2self.py"
+ENGINE = REPO / "bids_denoise" / "denoise" / "patch2self"
 
 SYNTH_SETS = ["hardi_snr10", "hardi_snr5", "multishell_snr10", "multishell_b0at5_snr10", "clinical_snr10"]
 WHOLEBRAIN = "wholebrain_hardi_snr10"
@@ -452,7 +452,7 @@ def markdown(report):
     add = L.append
     add("# Patch2Self benchmark: bids_denoise vs DIPY 1.12.1\n")
     add(f"- Date: {report['date']}")
-    add(f"- Commit: `{report['commit']}` (engine `bids_denoise/denoise/patch2self.py` sha256 "
+    add(f"- Commit: `{report['commit']}` (engine `bids_denoise/denoise/patch2self/` sha256 "
         f"`{report['engine_sha256']}`)")
     add(f"- Command: `{report['command']}`")
     add(f"- Machine: {m['cpu_model']}, {m['cpu_usable']} usable cores ({m['cpu_count']} logical), "

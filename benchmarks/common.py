@@ -96,8 +96,14 @@ def git_commit(repo=REPO) -> str:
 
 
 def file_digest(path, n=12) -> str:
-    """First ``n`` hex digits of the file's sha256 (pins the exact source a number came from)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:n]
+    """First ``n`` hex digits of the sha256 of a file, or of a package's ``.py`` files in name
+    order (pins the exact source a number came from)."""
+    path = Path(path)
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:n]
 
 
 def cpu_times():

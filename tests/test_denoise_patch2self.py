@@ -47,9 +47,15 @@ def rel_err(ours, ref) -> float:
 
 
 def run_p2s(data, bvals, **kwargs):
-    """patch2self on the CPU without a progress bar and with expected UserWarnings silenced."""
+    """patch2self on the CPU without a progress bar and with expected UserWarnings silenced.
+
+    The exactness tests use groups of two volumes and shells of a few volumes, so by default
+    every group of two or more is regressed and no shell is merged.
+    """
     kwargs.setdefault("device", "cpu")
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("min_group_volumes", 2)
+    kwargs.setdefault("min_shell_volumes", 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return patch2self(data, bvals, **kwargs)
@@ -58,6 +64,8 @@ def run_p2s(data, bvals, **kwargs):
 def run_p2s_noise(data, bvals, **kwargs):
     kwargs.setdefault("device", "cpu")
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("min_group_volumes", 2)
+    kwargs.setdefault("min_shell_volumes", 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return patch2self_with_noise(data, bvals, **kwargs)
@@ -836,14 +844,48 @@ def test_volume_count_extremes(shape, bvals):
     assert np.isfinite(out).all()
 
 
-def test_n2_matches_reference():
+def test_n2_matches_reference_when_asked_for():
     bvals = [1000, 1000]
     data = noisy_dwi((4, 4, 4), bvals, seed=24)
     with pytest.warns(UserWarning):
         out = patch2self(data, bvals, progress=False, device="cpu", clip_negative_vals=False,
-                         out_dtype=np.float64)
+                         out_dtype=np.float64, min_group_volumes=2)
     ref, _ = reference_patch2self(data, [[0, 1]], 0)
     assert rel_err(out, ref) < EXACT_RTOL
+
+
+@pytest.mark.parametrize("radius", [0, 1])
+def test_groups_below_the_minimum_are_copied_with_a_warning(radius):
+    bvals = [0, 0] + [1000] * 12  # a pair of b0s: by default too few to regress
+    data = noisy_dwi((6, 5, 4), bvals, seed=44)
+    with pytest.warns(UserWarning, match=r"group b0: copied through: 2 volumes"):
+        out = patch2self(data, bvals, patch_radius=radius, progress=False, device="cpu",
+                         clip_negative_vals=False, out_dtype=np.float64)
+    np.testing.assert_array_equal(out[..., :2], data[..., :2])
+    ref, _ = reference_patch2self(data, [list(range(2, 14))], radius)
+    assert rel_err(out[..., 2:], ref[..., 2:]) < EXACT_RTOL
+    # Three b0s are regressed.
+    bvals3 = [0, 0, 0] + [1000] * 11
+    out3 = run_p2s(data, bvals3, patch_radius=radius, min_group_volumes=3)
+    assert not np.array_equal(out3[..., :3], data[..., :3].astype(np.float32))
+
+
+def test_small_shells_are_merged_with_a_warning():
+    bvals = [0, 0, 0] + [1000] * 12 + [2000] * 4
+    data = noisy_dwi((6, 5, 4), bvals, seed=45)
+    with pytest.warns(UserWarning, match=r"shells b1000 \(12\), b2000 \(4\) merged"):
+        out = patch2self(data, bvals, progress=False, device="cpu", clip_negative_vals=False,
+                         out_dtype=np.float64)
+    ref, _ = reference_patch2self(data, [[0, 1, 2], list(range(3, 19))], 0)
+    assert rel_err(out, ref) < EXACT_RTOL
+
+
+@pytest.mark.parametrize("kwargs", [dict(min_group_volumes=0), dict(min_shell_volumes=1.5),
+                                    dict(min_group_volumes=True)])
+def test_invalid_group_minimums_raise(kwargs):
+    data = noisy_dwi((4, 4, 4), B6, seed=46)
+    with pytest.raises(ValueError, match="must be an integer >= 1"):
+        patch2self(data, B6, progress=False, device="cpu", **kwargs)
 
 
 def test_sklearn_regressor_object_equals_ridge_string():

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bids_denoise.denoise.shells import VolumeGroup, cluster_bvalues, group_volumes
+from functools import partial
+
+from bids_denoise.denoise import shells
+from bids_denoise.denoise.shells import VolumeGroup, cluster_bvalues, copy_reason, merge_small_shells
+
+#: The clustering tests use shells of a few volumes; merging small shells is tested on its own.
+group_volumes = partial(shells.group_volumes, min_shell_volumes=1)
 
 
 def labels(groups):
@@ -196,3 +202,59 @@ def test_cluster_bvalues_masks():
     assert [list(np.flatnonzero(m)) for m in masks] == [[1, 2], [0, 3], [4]]
     assert all(m.dtype == bool and m.shape == b.shape for m in masks)
     assert cluster_bvalues([]) == []
+
+
+# ----------------------------------------------------------------------------- small groups
+def test_small_shells_are_merged_with_their_nearest_neighbour():
+    # 3 b0s, then shells of 4 (b500), 20 (b1000), 3 (b2900) and 12 (b3000, jittered) volumes
+    bvals = [0] * 3 + [500] * 4 + [1000] * 20 + [2900] * 3 + [2990, 3005, 3010] * 4
+    groups = shells.group_volumes(bvals, shell_tolerance=50)
+    assert labels(groups) == ["b0", "b500to1000", "b2900to3010"]
+    assert [g.size for g in groups] == [3, 24, 15]
+    assert_partition(groups, len(bvals))
+    assert groups[0].notes == ()
+    assert "b500 (4), b1000 (20)" in groups[1].notes[0]
+    assert groups[1].as_dict()["Notes"] == list(groups[1].notes)
+    assert "Notes" not in groups[0].as_dict()
+
+
+def test_dsi_like_scheme_never_gives_many_tiny_groups():
+    rng = np.random.default_rng(0)
+    bvals = np.r_[0, np.sort(rng.uniform(300, 4000, size=101)).round(-1)]
+    unmerged = group_volumes(bvals)
+    merged = shells.group_volumes(bvals)
+    assert min(g.size for g in unmerged[1:]) < 10  # the scheme really has tiny shells
+    assert all(g.size >= 10 for g in merged[1:])
+    assert len(merged) < len(unmerged)
+    assert_partition(merged, bvals.size)
+
+
+def test_merging_stops_when_one_shell_is_left():
+    groups = shells.group_volumes([0, 1000, 1000, 2000, 2000, 3000])
+    assert labels(groups) == ["b0", "b1000to3000"]
+
+
+@pytest.mark.parametrize("sizes, expected", [
+    ([5, 20, 5], [[0, 1, 2]]),  # each small shell joins its only neighbour...
+    ([5, 20, 15], [[0, 1], [2]]),
+    ([20, 3, 30], [[0, 1], [2]]),  # ...a middle one joins the nearer neighbour in b
+    ([12, 12], [[0], [1]]),
+])
+def test_merge_small_shells_order(sizes, expected):
+    bvalues = np.concatenate([np.full(n, 1000.0 * (k + 1)) for k, n in enumerate(sizes)])
+    if sizes == [20, 3, 30]:
+        bvalues[sizes[0]:sizes[0] + 3] = 1400.0  # nearer to b1000 than to b3000
+    members = [bvalues == b for b in np.unique(bvalues)]
+    merged = merge_small_shells(members, bvalues, min_volumes=10)
+    which = [[k for k, m in enumerate(members) if (m & mask).any()] for mask, _ in merged]
+    assert which == expected
+
+
+def test_copy_reason():
+    b0 = VolumeGroup("b0", (0, 5), (0.0, 0.0), True)
+    shell = VolumeGroup("b1000", (1, 2, 3), (1000.0,) * 3, False)
+    assert "2 volumes" in copy_reason(b0)
+    assert copy_reason(b0, min_volumes=2) is None
+    assert "b0 denoising is off" in copy_reason(b0, b0_denoising=False, min_volumes=2)
+    assert copy_reason(shell) is None
+    assert "1 volume," in copy_reason(VolumeGroup("b0", (0,), (0.0,), True))

@@ -15,12 +15,20 @@ def _split(paths, tmp_path, **kwargs):
 
 def test_split_groups_by_shell_keeping_acquisition_order(multishell_series, tmp_path):
     data, bvals, paths = multishell_series
-    out = _split(paths, tmp_path)
+    out = _split(paths, tmp_path, min_shell_volumes=1)
     assert [g["Label"] for g in out.groups] == ["b0", "b1000", "b2000"]
     assert out.group_indices == [[0, 4, 10], [1, 3, 6, 8, 11], [2, 5, 7, 9, 12]]
     for path, bval_path, index in zip(out.group_files, out.group_bval_files, out.group_indices):
         np.testing.assert_array_equal(nb.load(path).get_fdata(dtype=np.float32), data[..., index])
         np.testing.assert_array_equal(np.loadtxt(bval_path, ndmin=1), bvals[index])
+
+
+def test_split_merges_small_shells_and_says_so(multishell_series, tmp_path):
+    _, _, paths = multishell_series
+    out = _split(paths, tmp_path)  # shells of 5 volumes: fewer than 10
+    assert [g["Label"] for g in out.groups] == ["b0", "b1000to2000"]
+    assert out.group_indices[1] == [1, 2, 3, 5, 6, 7, 8, 9, 11, 12]
+    assert "b1000 (5), b2000 (5)" in out.groups[1]["Notes"][0]
 
 
 def test_split_threshold_and_grouping_are_honoured(multishell_series, tmp_path):
@@ -51,7 +59,7 @@ def test_split_merge_round_trip_restores_order_and_geometry(multishell_series, t
 
 def test_merge_refuses_groups_that_do_not_cover_every_volume(multishell_series, tmp_path):
     _, _, paths = multishell_series
-    out = _split(paths, tmp_path)
+    out = _split(paths, tmp_path, min_shell_volumes=1)
     merge = MergeShells(
         in_files=out.group_files[:2], group_indices=out.group_indices[:2], reference_file=str(paths[0])
     )

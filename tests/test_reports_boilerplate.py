@@ -75,7 +75,7 @@ def test_every_patch2self_combination(tmp_path, grouping, b0, model, radius):
     text = build_boilerplate(_settings(shell_grouping=grouping, b0_denoising=b0, p2s_model=model, p2s_alpha=0.5,
                                        patch_radius=radius), [_run(tmp_path, "a", SHELLS[2])])
     if grouping == "shell":
-        assert "Each shell was denoised from its own volumes only." in text
+        assert "Each shell was denoised from its own volumes only" in text
     else:
         assert "pooled into one group and denoised together, across shells" in text
     if b0:
@@ -95,7 +95,11 @@ def test_every_patch2self_combination(tmp_path, grouping, b0, model, radius):
 
 def test_single_b0_and_no_b0_notes(tmp_path):
     text = build_boilerplate(_settings(), [_run(tmp_path, "a", [0, 1000, 1000, 1000])])
-    assert "with a single b=0 volume it was left unchanged" in text
+    assert "with a single b=0 volume it was left unchanged, as at least 3 are needed" in text
+    text = build_boilerplate(_settings(), [_run(tmp_path, "a", [0, 0, 1000, 1000, 1000])])
+    assert "with fewer than 3 b=0 volumes they were left unchanged" in text
+    text = build_boilerplate(_settings(), [_run(tmp_path, "a", [0, 0, 0, 1000, 1000, 1000])])
+    assert "left unchanged" not in text
     text = build_boilerplate(_settings(), [_run(tmp_path, "a", [1000, 1000, 1000])])
     assert "None of the series had b=0 volumes." in text
     text = build_boilerplate(_settings(shell_grouping="all"), [_run(tmp_path, "a", SHELLS[1])])
@@ -199,3 +203,13 @@ def test_workflow_boilerplate_delegates_and_finds_the_selected_runs(tmp_path):
         assert "ridge regression" in text
     finally:
         config.reset()
+
+
+def test_merged_shells_and_radial_pooling_are_stated(tmp_path):
+    run = _run(tmp_path, "a", [0] * 3 + [1000] * 12 + [2000] * 4)
+    text = build_boilerplate(_settings(), [run])
+    assert "shells of fewer than 10 volumes were denoised together with their nearest shell in b" in text
+    text = build_boilerplate(_settings(patch_radius=(1, 1, 1), patch_pooling="radial"), [run])
+    assert "patches of 3³ voxels), the patch voxels at each distance from the centre averaged" in text
+    text = build_boilerplate(_settings(patch_radius=(0, 0, 0), patch_pooling="radial"), [run])
+    assert "each distance" not in text  # nothing to pool at radius 0

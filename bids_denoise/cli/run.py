@@ -377,7 +377,8 @@ def preflight_runs(runs_by_subject: dict, statuses: list) -> dict:
             statuses.append(status)
             try:
                 checked = check_run(run, b0_threshold=settings.b0_threshold, patch_radius=settings.patch_radius,
-                                    grouping=settings.shell_grouping, shell_tolerance=settings.shell_tolerance)
+                                    grouping=settings.shell_grouping, shell_tolerance=settings.shell_tolerance,
+                                    b0_denoising=settings.b0_denoising)
             except BidsDenoiseError as err:
                 if config.execution.stop_on_first_crash:
                     raise
@@ -386,6 +387,9 @@ def preflight_runs(runs_by_subject: dict, statuses: list) -> dict:
                 continue
             for warning in checked.warnings:
                 log.warning("%s", warning)
+            for decision in checked.decisions:
+                log.warning("%s: %s", status.label, decision)
+            status.warnings = list(checked.decisions)
             need = estimate_memory_gb(checked.shape, patch_radius=settings.patch_radius,
                                       group_size=checked.largest_group, device=settings.device)
             if config.nipype.mem_gb and need > config.nipype.mem_gb:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bids_denoise.errors import EXIT_FAILURE, EXIT_OK
@@ -20,6 +20,8 @@ class RunStatus:
     state: str = OK
     reason: str = ""
     exit_code: int = EXIT_OK
+    #: things the user should know about a run that still succeeds (e.g. groups copied through)
+    warnings: list = field(default_factory=list)
 
 
 def crash_reports(log_dir, since: float) -> list[tuple[str, str, Path]]:
@@ -64,5 +66,9 @@ def format_summary(statuses: list[RunStatus]) -> str:
         for status in statuses:
             if status.state == state:
                 why = f": {status.reason}" if status.reason else ""
-                lines.append(f"  [{state}] {status.label}{why}")
+                tag = state
+                if status.warnings:
+                    tag += f", {len(status.warnings)} warning{'s' if len(status.warnings) != 1 else ''}"
+                lines.append(f"  [{tag}] {status.label}{why}")
+                lines.extend(f"      ! {warning}" for warning in status.warnings)
     return "\n".join(lines)

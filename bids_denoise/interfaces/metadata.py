@@ -11,6 +11,7 @@ from nipype.interfaces.base import (
 )
 
 from bids_denoise import __version__
+from bids_denoise.denoise.shells import VolumeGroup, group_decisions
 
 METHOD_NAMES = {"patch2self": "Patch2Self", "ddm2": "DDM2"}
 # Raw metadata that is still true after denoising and that later steps (SDC, eddy) need.
@@ -48,10 +49,15 @@ class DenoisingMetadata(SimpleInterface):
     def _run_interface(self, runtime):
         method = METHOD_NAMES[self.inputs.method]
         groups = []
+        b0_denoising = bool(self.inputs.parameters.get("B0Denoising", True))
         for group, n_denoised, device, seconds in zip(
             self.inputs.groups, self.inputs.n_denoised, self.inputs.devices, self.inputs.run_times
         ):
-            groups.append({**group, "Denoised": n_denoised > 0, "Device": device, "RunTime": seconds})
+            entry = {**group, "Denoised": n_denoised > 0, "Device": device, "RunTime": seconds}
+            notes = group_decisions(_as_volume_group(group), b0_denoising=b0_denoising)
+            if notes:
+                entry["Notes"] = notes
+            groups.append(entry)
         raw = self.inputs.raw_metadata if isdefined(self.inputs.raw_metadata) else {}
         carried = {key: raw[key] for key in CARRIED_METADATA if key in raw}
         provenance = {
@@ -87,3 +93,10 @@ class DenoisingMetadata(SimpleInterface):
             **provenance,
         }
         return runtime
+
+
+def _as_volume_group(group: dict) -> VolumeGroup:
+    """A sidecar group entry (``VolumeGroup.as_dict``) back as a :class:`VolumeGroup`."""
+    volumes = tuple(int(v) for v in group["Volumes"])
+    return VolumeGroup(str(group["Label"]), volumes, (float(group["BValue"]),) * len(volumes),
+                       group["Label"] == "b0", tuple(group.get("Notes", ())))

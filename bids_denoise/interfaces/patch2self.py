@@ -20,7 +20,7 @@ from bids_denoise.denoise.patch2self import (
     patch2self_with_noise,
     resolve_device,
 )
-from bids_denoise.denoise.shells import B0_THRESHOLD
+from bids_denoise.denoise.shells import B0_THRESHOLD, VolumeGroup, copy_reason
 from bids_denoise.errors import DataError
 from bids_denoise.interfaces.shells import _save_like, read_group
 from bids_denoise.utils.threads import limit_threads
@@ -83,8 +83,10 @@ class Patch2Self(SimpleInterface):
             LOGGER.warning("%s: %s", self.inputs.in_file, warning.message)
         self._results["run_time"] = round(time.perf_counter() - started, 3)
         self._results["device"] = str(device)
-        copied = (not self.inputs.b0_denoising and bool(np.all(bvals <= self.inputs.b0_threshold)))
-        self._results["n_denoised"] = 0 if copied or data.shape[3] < 2 else int(data.shape[3])
+        is_b0 = bool(np.all(bvals <= self.inputs.b0_threshold))
+        group = VolumeGroup("b0" if is_b0 else "dwi", tuple(range(data.shape[3])), tuple(bvals), is_b0)
+        copied = copy_reason(group, b0_denoising=self.inputs.b0_denoising) is not None
+        self._results["n_denoised"] = 0 if copied else int(data.shape[3])
         self._results["out_file"] = _save_like(img, denoised, runtime.cwd, "denoised_dwi.nii.gz")
         self._results["noise_file"] = _save_like(img, noise, runtime.cwd, "noise_dwimap.nii.gz")
         return runtime

@@ -16,7 +16,13 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_denoise.denoise.shells import B0_THRESHOLD, GROUPINGS, SHELL_TOLERANCE, group_volumes
+from bids_denoise.denoise.shells import (
+    B0_THRESHOLD,
+    GROUPINGS,
+    MIN_SHELL_VOLUMES,
+    SHELL_TOLERANCE,
+    group_volumes,
+)
 from bids_denoise.errors import DataError
 
 
@@ -48,6 +54,8 @@ class _SplitShellsInputSpec(BaseInterfaceInputSpec):
     b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b <= threshold is a b0")
     shell_tolerance = traits.Float(SHELL_TOLERANCE, usedefault=True, desc="shell clustering gap")
     grouping = traits.Enum(*GROUPINGS, usedefault=True, desc="one group per shell, or all DWIs pooled")
+    min_shell_volumes = traits.Range(low=1, value=MIN_SHELL_VOLUMES, usedefault=True,
+                                     desc="smaller shells are merged with their nearest neighbour")
 
 
 class _SplitShellsOutputSpec(TraitedSpec):
@@ -73,6 +81,7 @@ class SplitShells(SimpleInterface):
             b0_threshold=self.inputs.b0_threshold,
             grouping=self.inputs.grouping,
             shell_tolerance=self.inputs.shell_tolerance,
+            min_shell_volumes=self.inputs.min_shell_volumes,
         )
         data = np.asanyarray(img.dataobj)
         self._results.update(group_files=[], group_bval_files=[], group_indices=[], groups=[])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_denoise.__about__ import __version__
-from bids_denoise.denoise.shells import group_volumes
+from bids_denoise.denoise.shells import MIN_GROUP_VOLUMES, MIN_SHELL_VOLUMES, group_volumes
 from bids_denoise.reports.markdown import markdown_to_html, parse_bibtex, references_html
 
 LOGGER = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def survey_runs(runs, *, b0_threshold: float, shell_tolerance: float) -> list[di
         try:
             bvals = np.loadtxt(run.bval_file, ndmin=1).ravel()
             groups = group_volumes(bvals, b0_threshold=b0_threshold, grouping="shell",
-                                   shell_tolerance=shell_tolerance)
+                                   shell_tolerance=shell_tolerance, min_shell_volumes=1)
         except (OSError, ValueError) as exc:
             LOGGER.warning("Cannot read the b-values of %s for the methods text (%s).", run.bval_file, exc)
             continue
@@ -139,7 +139,11 @@ def _grouping_sentence(settings, survey: list[dict]) -> str:
         multi = any(len(s["shells"]) > 1 for s in survey) if survey else True
         return ("All diffusion-weighted volumes of a series were then pooled into one group and denoised "
                 "together" + (", across shells." if multi else "."))
-    return "Each shell was denoised from its own volumes only."
+    small = any(count < MIN_SHELL_VOLUMES for s in survey for count in s["shell_counts"]) and any(
+        len(s["shells"]) > 1 for s in survey)
+    merged = (f"; shells of fewer than {MIN_SHELL_VOLUMES} volumes were denoised together with their "
+              "nearest shell in b") if small else ""
+    return f"Each shell was denoised from its own volumes only{merged}."
 
 
 def _b0_sentence(settings, survey: list[dict]) -> str:
@@ -147,9 +151,13 @@ def _b0_sentence(settings, survey: list[dict]) -> str:
         return "None of the series had b=0 volumes."
     if not settings.b0_denoising:
         return "The b=0 volumes were not denoised: they were copied through unchanged."
-    single = [s for s in survey if s["n_b0"] == 1]
-    note = (f" (in {_plural(len(single), 'series', 'series')} with a single b=0 volume it was left unchanged, "
-            "as at least two are needed)") if single else ""
+    few = [s for s in survey if 0 < s["n_b0"] < MIN_GROUP_VOLUMES]
+    note = ""
+    if few:
+        single = all(s["n_b0"] == 1 for s in few)
+        note = (f" (in {_plural(len(few), 'series', 'series')} with "
+                f"{'a single b=0 volume it was' if single else f'fewer than {MIN_GROUP_VOLUMES} b=0 volumes they were'}"
+                f" left unchanged, as at least {MIN_GROUP_VOLUMES} are needed)")
     return f"The b=0 volumes were denoised as a group of their own, from each other{note}."
 
 
@@ -166,6 +174,8 @@ def _patch2self_sentence(settings) -> str:
                                                      f" (patches of {2 * radius[0] + 1}³ voxels)")
     else:
         patch = f"a patch radius of {_join([str(r) for r in radius])} voxels along x, y and z"
+    if max(radius) > 0 and getattr(settings, "patch_pooling", "voxel") == "radial":
+        patch += ", the patch voxels at each distance from the centre averaged into one predictor"
     sentence = (
         "Denoising used Patch2Self [@patch2self], a self-supervised method that predicts each volume "
         f"from the other volumes of its group, with {regression} and {patch}."

@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
-from bids_denoise.denoise.shells import group_volumes
+from bids_denoise.denoise.shells import group_decisions, group_volumes
 from bids_denoise.errors import DataError, MissingInputError
 
 #: b-vectors of diffusion-weighted volumes whose norm is off by more than this are reported.
@@ -30,6 +30,8 @@ class RunCheck:
     shape: tuple
     largest_group: int
     warnings: list = field(default_factory=list)
+    #: decisions about small groups (merged shells, groups copied through), one line each
+    decisions: list = field(default_factory=list)
 
 
 def _read_gradients(path: Path, what: str) -> np.ndarray:
@@ -85,20 +87,21 @@ def check_bvecs(bvec_file: Path, bvals: np.ndarray, b0_threshold: float, dwi_fil
 
 
 def check_run(run, *, b0_threshold: float, patch_radius=(0, 0, 0), grouping: str = "shell",
-              shell_tolerance: float = 100.0) -> RunCheck:
+              shell_tolerance: float = 100.0, b0_denoising: bool = True) -> RunCheck:
     """Check that ``run`` can be denoised; raise a named error if it cannot.
 
     Parameters
     ----------
     run : DWIRun
         The run, as discovered (``bval_file``/``bvec_file`` may be None if missing).
-    b0_threshold, patch_radius, grouping, shell_tolerance
+    b0_threshold, patch_radius, grouping, shell_tolerance, b0_denoising
         The settings the run will be processed with.
 
     Returns
     -------
     RunCheck
-        The image shape, the largest volume group (for memory estimates) and warnings.
+        The image shape, the largest volume group (for memory estimates), warnings and the
+        decisions taken about small groups.
     """
     dwi_file = Path(run.dwi_file)
     for what, path in (("bval", run.bval_file), ("bvec", run.bvec_file)):
@@ -138,9 +141,12 @@ def check_run(run, *, b0_threshold: float, patch_radius=(0, 0, 0), grouping: str
                 f"image of size {size}; use a smaller --patch-radius"
             )
     groups = group_volumes(bvals, b0_threshold=b0_threshold, grouping=grouping, shell_tolerance=shell_tolerance)
+    decisions = [f"group {group.label}: {note}" for group in groups
+                 for note in group_decisions(group, b0_denoising=b0_denoising)]
     del data, img
     return RunCheck(shape=tuple(int(s) for s in nb.load(dwi_file).shape),
-                    largest_group=max(group.size for group in groups), warnings=warnings)
+                    largest_group=max(group.size for group in groups), warnings=warnings,
+                    decisions=decisions)
 
 
 def conflicting_outputs(run, output_dir, *, method: str, parameters: dict) -> list[str]:

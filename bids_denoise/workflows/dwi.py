@@ -6,7 +6,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_denoise.denoise.patch2self import CLIP_NEGATIVE_VALS, normalize_patch_radius
-from bids_denoise.denoise.shells import B0_THRESHOLD, SHELL_TOLERANCE
+from bids_denoise.denoise.shells import B0_THRESHOLD, MIN_SHELL_VOLUMES, SHELL_TOLERANCE
 from bids_denoise.interfaces.ddm2 import DDM2
 from bids_denoise.interfaces.patch2self import Patch2Self
 from bids_denoise.interfaces.shells import MergeShells, SplitShells
@@ -20,6 +20,7 @@ def init_dwi_denoise_wf(
     b0_threshold: float = B0_THRESHOLD,
     shell_tolerance: float = SHELL_TOLERANCE,
     shell_grouping: str = "shell",
+    min_shell_volumes: int = MIN_SHELL_VOLUMES,
     b0_denoising: bool = True,
     p2s_model: str = "ols",
     p2s_alpha: float = 1.0,
@@ -51,6 +52,9 @@ def init_dwi_denoise_wf(
         Largest b-value gap inside one shell. Default 100.
     shell_grouping : {"shell", "all"}
         One group per shell (default) or all diffusion-weighted volumes pooled.
+    min_shell_volumes : int
+        With ``shell_grouping="shell"``, smaller shells are denoised together with their
+        nearest shell in b. Default 10.
     b0_denoising : bool
         Denoise the b0 group from its own volumes; otherwise copy it. Default True.
     p2s_model, p2s_alpha, patch_radius, clip_negative_vals
@@ -110,7 +114,8 @@ def init_dwi_denoise_wf(
         name="outputnode",
     )
     split = pe.Node(
-        SplitShells(b0_threshold=b0_threshold, shell_tolerance=shell_tolerance, grouping=shell_grouping),
+        SplitShells(b0_threshold=b0_threshold, shell_tolerance=shell_tolerance, grouping=shell_grouping,
+                    min_shell_volumes=min_shell_volumes),
         name="split_shells",
     )
     if method == "ddm2":

@@ -46,7 +46,10 @@ from bids_denoise.denoise.patch2self.voxelwise import (
 )
 from bids_denoise.denoise.shells import (
     B0_THRESHOLD,
+    MIN_GROUP_VOLUMES,
+    MIN_SHELL_VOLUMES,
     SHELL_TOLERANCE,
+    copy_reason,
     group_volumes,
 )
 
@@ -136,31 +139,28 @@ def _check_data(data, bvals, fit_mask, radius):
     return data, bvals, fit_mask
 
 
-def _plan_groups(bvals, *, b0_threshold, b0_denoising, grouping, shell_tolerance):
-    groups = group_volumes(
-        bvals, b0_threshold=b0_threshold, grouping=grouping, shell_tolerance=shell_tolerance
-    )
+def _plan_groups(bvals, *, b0_threshold, b0_denoising, grouping, shell_tolerance, min_group_volumes,
+                 min_shell_volumes):
+    groups = group_volumes(bvals, b0_threshold=b0_threshold, grouping=grouping,
+                           shell_tolerance=shell_tolerance, min_shell_volumes=min_shell_volumes)
     denoise, copy = [], []
     for group in groups:
-        if group.is_b0 and not b0_denoising:
+        for note in group.notes:
+            warnings.warn(f"Patch2Self: group {group.label}: {note}.", UserWarning, stacklevel=4)
+        reason = copy_reason(group, b0_denoising=b0_denoising, min_volumes=max(2, min_group_volumes))
+        if reason is not None:
+            if not (group.is_b0 and not b0_denoising):  # switching b0 denoising off is no surprise
+                warnings.warn(f"Patch2Self: group {group.label}: {reason}.", UserWarning, stacklevel=4)
             copy.append(group)
-        elif group.size < 2:
+            continue
+        if group.size < MIN_RECOMMENDED_VOLUMES:
             warnings.warn(
-                f"Patch2Self: group {group.label} has {group.size} volume; it is copied through "
-                "unchanged (at least 2 volumes are needed).",
+                f"Patch2Self: group {group.label} has only {group.size} volumes; "
+                f"less than {MIN_RECOMMENDED_VOLUMES} volumes give little denoising.",
                 UserWarning,
                 stacklevel=4,
             )
-            copy.append(group)
-        else:
-            if group.size < MIN_RECOMMENDED_VOLUMES:
-                warnings.warn(
-                    f"Patch2Self: group {group.label} has only {group.size} volumes; "
-                    f"less than {MIN_RECOMMENDED_VOLUMES} volumes give little denoising.",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            denoise.append(group)
+        denoise.append(group)
     return denoise, copy
 
 
@@ -226,12 +226,16 @@ def _denoise_lagged(source, plan: Plan, mask, model, alpha, pooling, output: Out
 
 def _denoise(
     data, bvals, *, noise_map, patch_radius, patch_pooling, model, alpha, b0_threshold, b0_denoising,
-    grouping, shell_tolerance, fit_mask, shift_intensity, clip_negative_vals, device, progress, out_dtype,
+    grouping, shell_tolerance, min_group_volumes, min_shell_volumes, fit_mask, shift_intensity,
+    clip_negative_vals, device, progress, out_dtype,
 ):
     started = time.perf_counter()
     radius = normalize_patch_radius(patch_radius)
     if patch_pooling not in PATCH_POOLINGS:
         raise ValueError(f"patch_pooling must be one of {PATCH_POOLINGS}, got {patch_pooling!r}")
+    for name, value in (("min_group_volumes", min_group_volumes), ("min_shell_volumes", min_shell_volumes)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     model = _check_model(model, alpha)
     data, bvals, fit_mask = _check_data(data, bvals, fit_mask, radius)
     # A patch cannot reach beyond a singleton axis: those features would be constant zeros.
@@ -249,8 +253,9 @@ def _denoise(
         )
         shift_intensity = False
     denoise, copy = _plan_groups(
-        bvals, b0_threshold=b0_threshold, b0_denoising=b0_denoising,
-        grouping=grouping, shell_tolerance=shell_tolerance,
+        bvals, b0_threshold=b0_threshold, b0_denoising=b0_denoising, grouping=grouping,
+        shell_tolerance=shell_tolerance, min_group_volumes=min_group_volumes,
+        min_shell_volumes=min_shell_volumes,
     )
     layout = Layout.choose(data, radius, device)
     source = as_source(data, layout, device)
@@ -327,6 +332,8 @@ def patch2self_with_noise(
     b0_denoising=True,
     grouping="shell",
     shell_tolerance=SHELL_TOLERANCE,
+    min_group_volumes=MIN_GROUP_VOLUMES,
+    min_shell_volumes=MIN_SHELL_VOLUMES,
     fit_mask=None,
     shift_intensity=False,
     clip_negative_vals=CLIP_NEGATIVE_VALS,
@@ -350,7 +357,8 @@ def patch2self_with_noise(
         data, bvals, noise_map=True, patch_radius=patch_radius, patch_pooling=patch_pooling,
         model=model, alpha=alpha,
         b0_threshold=b0_threshold, b0_denoising=b0_denoising, grouping=grouping,
-        shell_tolerance=shell_tolerance, fit_mask=fit_mask, shift_intensity=shift_intensity,
+        shell_tolerance=shell_tolerance, min_group_volumes=min_group_volumes,
+        min_shell_volumes=min_shell_volumes, fit_mask=fit_mask, shift_intensity=shift_intensity,
         clip_negative_vals=clip_negative_vals, device=device, progress=progress,
         out_dtype=out_dtype,
     )
@@ -368,6 +376,8 @@ def patch2self(
     b0_denoising=True,
     grouping="shell",
     shell_tolerance=SHELL_TOLERANCE,
+    min_group_volumes=MIN_GROUP_VOLUMES,
+    min_shell_volumes=MIN_SHELL_VOLUMES,
     fit_mask=None,
     shift_intensity=False,
     clip_negative_vals=CLIP_NEGATIVE_VALS,
@@ -405,6 +415,13 @@ def patch2self(
         diffusion-weighted volumes into one group, as DIPY and QSIPrep do.
     shell_tolerance : float, optional
         b-values within this distance (s/mm²) belong to one shell. Default 100.
+    min_group_volumes : int, optional
+        Groups with fewer volumes are copied through unchanged, with a warning (see
+        :data:`~bids_denoise.denoise.shells.MIN_GROUP_VOLUMES`). Default 3; at least 2 are
+        always needed.
+    min_shell_volumes : int, optional
+        With ``grouping="shell"``, shells with fewer volumes are merged with their nearest
+        neighbour in b, with a warning. Default 10; 1 keeps every shell.
     fit_mask : ndarray of bool, shape (x, y, z), optional
         If given, the regressions are fitted on these voxels only; every voxel is still
         predicted.
@@ -425,8 +442,8 @@ def patch2self(
     Returns
     -------
     ndarray of ``out_dtype`` (float32), shape ``data.shape``
-        The denoised series in the input's units. Groups of one volume, and b0s when
-        ``b0_denoising`` is False, are copied through unchanged. At radius 0 it has the
+        The denoised series in the input's units. Groups of fewer than ``min_group_volumes``
+        volumes, and b0s when ``b0_denoising`` is False, are copied through unchanged. At radius 0 it has the
         input's memory order: Fortran-ordered input (what nibabel returns) is read in place and
         gives Fortran-ordered output, which NIfTI writers store without reordering.
 
@@ -447,7 +464,8 @@ def patch2self(
         data, bvals, noise_map=False, patch_radius=patch_radius, patch_pooling=patch_pooling,
         model=model, alpha=alpha,
         b0_threshold=b0_threshold, b0_denoising=b0_denoising, grouping=grouping,
-        shell_tolerance=shell_tolerance, fit_mask=fit_mask, shift_intensity=shift_intensity,
+        shell_tolerance=shell_tolerance, min_group_volumes=min_group_volumes,
+        min_shell_volumes=min_shell_volumes, fit_mask=fit_mask, shift_intensity=shift_intensity,
         clip_negative_vals=clip_negative_vals, device=device, progress=progress,
         out_dtype=out_dtype,
     )
