@@ -257,4 +257,4 @@ def test_copy_reason():
     assert copy_reason(b0, min_volumes=2) is None
     assert "b0 denoising is off" in copy_reason(b0, b0_denoising=False, min_volumes=2)
     assert copy_reason(shell) is None
-    assert "1 volume," in copy_reason(VolumeGroup("b0", (0,), (0.0,), True))
+    assert "a single volume" in copy_reason(VolumeGroup("b0", (0,), (0.0,), True))

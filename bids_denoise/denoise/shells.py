@@ -170,10 +170,12 @@ def copy_reason(group: VolumeGroup, *, b0_denoising: bool = True,
     """Why ``group`` is copied through instead of denoised, or None when it is denoised."""
     if group.is_b0 and not b0_denoising:
         return "copied through: b0 denoising is off"
+    if group.size == 1 and min_volumes > 1:
+        return "copied through: a single volume has no other volume to be predicted from"
     if group.size < min_volumes:
-        return (f"copied through: {group.size} volume{'s' if group.size != 1 else ''}, and groups "
-                f"of fewer than {min_volumes} are not denoised (a prediction from a single other "
-                "volume would remove every difference between the volumes as noise)")
+        return (f"copied through: {group.size} volumes, and groups of fewer than {min_volumes} are "
+                "not denoised (a prediction from one other volume would remove every difference "
+                "between the two as noise)")
     return None
 
 
