@@ -6,18 +6,26 @@
 #
 # Both are idempotent: a running daemon and an existing base image are reused.
 #
-# Settings (environment):
+# Settings (environment; read when this file is sourced):
 #   DOCKER                client to use (default: see pick_docker_client)
 #   DOCKER_STORAGE_DRIVER force dockerd's storage driver (default: overlay2 if it mounts, else vfs)
 #   DOCKER_DATA_ROOT      dockerd --data-root (default /var/lib/docker; kept between CI runs)
 #   DOCKERD_LOG           dockerd log file (default /var/log/bids-denoise-dockerd.log)
 #   BASE_IMAGE            default: the Dockerfile's ARG BASE_IMAGE
 #   DEBIAN_MIRROR         debootstrap mirror (default http://deb.debian.org/debian)
+#   DEBIAN_DOCKER_CLIENT  where docker.io puts its client (default /usr/bin/docker), and
+#   DEBIAN_DOCKERD        its daemon (default /usr/sbin/dockerd); tests point them elsewhere
 
 : "${DOCKERD_LOG:=/var/log/bids-denoise-dockerd.log}"
 : "${DOCKER_DATA_ROOT:=/var/lib/docker}"
 : "${DEBIAN_MIRROR:=http://deb.debian.org/debian}"
 : "${DEBIAN_SUITE:=bookworm}"
+: "${DEBIAN_DOCKER_CLIENT:=/usr/bin/docker}"
+: "${DEBIAN_DOCKERD:=/usr/sbin/dockerd}"
+# ensure_docker sets and exports DOCKER itself, so later the variable no longer tells a user's
+# choice from the library's: keep the user's (set before sourcing) apart. "=" not ":=": sourcing
+# again after ensure_docker must not take the library's pick for the user's.
+: "${_docker_user_client=${DOCKER:-}}"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -43,16 +51,17 @@ dockerfile_arg_default() {
 
 # A client that can run "docker build --secret": buildx if installed, else a client whose
 # built-in BuildKit session needs no buildx (Debian's docker.io 20.10 client). The docker CLI
-# 23+ refuses DOCKER_BUILDKIT=1 without the buildx plugin.
+# 23+ refuses DOCKER_BUILDKIT=1 without the buildx plugin. Only the user's DOCKER is final: a
+# DOCKER this library picked before docker.io was installed may be that buildx-less CLI.
 pick_docker_client() {
-    if [[ -n "${DOCKER:-}" ]]; then
-        echo "$DOCKER"
+    if [[ -n "$_docker_user_client" ]]; then
+        echo "$_docker_user_client"
         return
     fi
     if docker buildx version >/dev/null 2>&1; then
         echo docker
-    elif [[ -x /usr/bin/docker ]]; then
-        echo /usr/bin/docker
+    elif [[ -x "$DEBIAN_DOCKER_CLIENT" ]]; then
+        echo "$DEBIAN_DOCKER_CLIENT"
     else
         echo docker
     fi
@@ -95,12 +104,11 @@ probe_storage_driver() {
 }
 
 ensure_docker() {
-    DOCKER=$(pick_docker_client)
-    if ! command -v dockerd >/dev/null 2>&1 && ! [[ -x /usr/sbin/dockerd ]]; then
+    if ! command -v dockerd >/dev/null 2>&1 && ! [[ -x "$DEBIAN_DOCKERD" ]]; then
         log "Installing Debian's docker.io (dockerd, containerd, runc)"
         apt_install docker.io
     fi
-    # docker.io brings /usr/bin/docker; pick again now that it may exist.
+    # Picked only now: docker.io brings $DEBIAN_DOCKER_CLIENT, which beats a buildx-less docker.
     DOCKER=$(pick_docker_client)
     export DOCKER
     if daemon_answers; then
@@ -109,7 +117,7 @@ ensure_docker() {
     fi
     local driver dockerd_bin
     driver=$(probe_storage_driver)
-    dockerd_bin=$(command -v dockerd || echo /usr/sbin/dockerd)
+    dockerd_bin=$(command -v dockerd || echo "$DEBIAN_DOCKERD")
     log "Starting dockerd (storage driver $driver, data root $DOCKER_DATA_ROOT, log $DOCKERD_LOG)"
     as_root mkdir -p "$(dirname "$DOCKERD_LOG")"
     # setsid: the daemon outlives this script and is not killed with its process group.
