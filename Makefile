@@ -2,8 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU wheel of torch; a bare "torch" would pull a multi-GB CUDA build.
+# torch is pinned: an unpinned "torch" takes whatever is newest. From PyPI, torch==2.13.0 on
+# x86_64 Linux is the multi-GB CUDA build (where pip is configured with a local CPU wheel, as on
+# our build machines, pip takes that one). TORCH_INDEX_URL picks the wheel index, e.g.
+#   make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu     (CPU-only, ~200 MB)
+#   make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126   (CUDA 12.6)
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-fast test-container test-slurm bench clean
@@ -11,7 +16,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)") "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 

@@ -48,25 +48,16 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from bids_denoise.__about__ import __version__
+from bids_denoise.denoise.methods import DEFAULT_METHOD, METHODS, all_options
 from bids_denoise.denoise.shells import B0_THRESHOLD, GROUPINGS, SHELL_TOLERANCE
 
-#: Environment variable set inside the Docker/Apptainer image (its name and tag).
+#: Environment variables that our Docker/Apptainer images set: the image's name and tag, and
+#: its kind (default docker).
 CONTAINER_ENV = "BIDS_DENOISE_CONTAINER_IMAGE"
+CONTAINER_TYPE_ENV = "BIDS_DENOISE_CONTAINER_TYPE"
 #: Log level used when ``-v`` is not given (between INFO and WARNING, as in fMRIPrep).
 IMPORTANT = 25
-METHODS = ("patch2self", "ddm2")
-P2S_MODELS = ("ols", "ridge", "lasso")
 DEVICES = ("auto", "cpu", "cuda")
-#: DDM2 presets, precisions and flip counts (equal to ``bids_denoise.denoise.ddm2.settings``'s;
-#: a test checks it). Not imported from there: that package loads PyTorch.
-DDM2_PRESETS = ("paper", "fast", "smoke")
-DDM2_PRECISIONS = ("fp32", "bf16")
-DDM2_FLIPS = (1, 2, 4)
-#: DDM2 counts that override the preset (``None`` keeps the preset's value), with their minimum.
-DDM2_COUNTS = {
-    "ddm2_stage1_steps": 1, "ddm2_stage3_steps": 1, "ddm2_sampling_steps": 0, "ddm2_batch_size": 1,
-    "ddm2_inference_batch_size": 1, "ddm2_flips": 1,
-}
 #: Nipype plugins that take ``n_procs``/``memory_gb`` in their ``plugin_args``.
 MULTIPROC_PLUGINS = ("MultiProc", "LegacyMultiProc")
 #: Default cap of threads per process (``--omp-nthreads``).
@@ -80,6 +71,22 @@ def _package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def detect_container() -> dict | None:
+    """``{"Type": ..., "Image": ...}`` when running in a container, else ``None``.
+
+    Our images set :data:`CONTAINER_ENV`; any other Apptainer or Singularity container is
+    recognised by the variables those runtimes set.
+    """
+    image = os.environ.get(CONTAINER_ENV, "").strip()
+    if image:
+        return {"Type": os.environ.get(CONTAINER_TYPE_ENV, "").strip() or "docker", "Image": image}
+    for variable, kind in (("APPTAINER_CONTAINER", "apptainer"), ("SINGULARITY_CONTAINER", "singularity")):
+        image = os.environ.get(variable, "").strip()
+        if image:
+            return {"Type": kind, "Image": image}
+    return None
 
 
 def new_run_uuid() -> str:
@@ -164,10 +171,10 @@ class environment(_Config):
     """The bids_denoise version."""
     cpu_count = os.cpu_count()
     """CPUs visible to the process."""
-    in_container = bool(os.getenv(CONTAINER_ENV))
-    """Whether this runs inside the bids_denoise image (``BIDS_DENOISE_CONTAINER_IMAGE`` set)."""
-    container_image = os.getenv(CONTAINER_ENV) or None
-    """Name and tag of the image, when in a container."""
+    in_container = detect_container() is not None
+    """Whether this runs inside a container (ours, or any Apptainer/Singularity one)."""
+    container_image = (detect_container() or {}).get("Image")
+    """Name and tag (or path) of the image, when in a container."""
     python_version = ".".join(str(v) for v in sys.version_info[:3])
     """Version of the Python interpreter."""
     torch_version = _package_version("torch")
@@ -179,8 +186,8 @@ class environment(_Config):
     def _reset(cls) -> None:
         super()._reset()
         cls.cpu_count = os.cpu_count()
-        cls.container_image = os.getenv(CONTAINER_ENV) or None
-        cls.in_container = bool(cls.container_image)
+        cls.container_image = (detect_container() or {}).get("Image")
+        cls.in_container = cls.container_image is not None
 
 
 # -------------------------------------------------------------------------------- execution
@@ -328,10 +335,15 @@ class nipype(_Config):
 
 # --------------------------------------------------------------------------------- workflow
 class workflow(_Config):
-    """The denoising method and its parameters."""
+    """The denoising method and its parameters.
 
-    method = "patch2self"
-    """Denoiser: ``patch2self`` or ``ddm2``."""
+    Besides the settings below, every option of every method in
+    :mod:`bids_denoise.denoise.methods` is an attribute (``patch_radius``, ``ddm2_preset``, ...),
+    with the registry's default, checks and documentation.
+    """
+
+    method = DEFAULT_METHOD
+    """Denoiser, one of :data:`bids_denoise.denoise.methods.METHODS`."""
     b0_threshold = float(B0_THRESHOLD)
     """Volumes with b <= this (s/mm²) are b0s."""
     shell_tolerance = float(SHELL_TOLERANCE)
@@ -340,95 +352,30 @@ class workflow(_Config):
     """``shell``: denoise each shell separately; ``all``: pool all diffusion-weighted volumes."""
     b0_denoising = True
     """Denoise the b0 volumes (as their own group)."""
-    p2s_model = "ols"
-    """Patch2Self regressor: ``ols``, ``ridge`` or ``lasso``."""
-    p2s_alpha = 1.0
-    """Regularisation strength of ``ridge``/``lasso``."""
-    patch_radius = (0, 0, 0)
-    """Patch2Self patch radius along x, y, z (each 0..3)."""
-    clip_negative_vals = True
-    """Set negative Patch2Self outputs to 0 (the benchmarked default; see
-    ``bids_denoise.denoise.patch2self.CLIP_NEGATIVE_VALS``)."""
     device = "auto"
     """PyTorch device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
-    ddm2_preset = "fast"
-    """DDM2 preset: ``paper`` (the paper's step counts), ``fast`` (GPU, about 30 min per shell)
-    or ``smoke`` (tiny network, CPU tests only)."""
-    ddm2_stage1_steps = None
-    """DDM2 Stage I (noise model) training steps; ``None``: the preset's."""
-    ddm2_stage3_steps = None
-    """DDM2 Stage III (diffusion model) training steps; ``None``: the preset's."""
-    ddm2_sampling_steps = None
-    """DDM2 reverse steps per slice, 0 for the full chain from t*; ``None``: the preset's."""
-    ddm2_batch_size = None
-    """DDM2 training batch (slices); ``None``: the preset's."""
-    ddm2_inference_batch_size = None
-    """DDM2 slices denoised together; ``None``: the preset's."""
-    ddm2_flips = None
-    """DDM2 flip variants averaged at each reverse step (1, 2 or 4); ``None``: the preset's."""
-    ddm2_precision = None
-    """DDM2 arithmetic: ``fp32`` or ``bf16`` (autocast); ``None``: the preset's."""
-    ddm2_save_model = False
-    """Also write the trained DDM2 networks to the derivatives."""
-    seed = 0
-    """Random seed (DDM2 initialisation, training batches and sampling noise)."""
-    force = False
-    """Run DDM2 on the CPU with a preset other than ``smoke`` despite the time estimate."""
 
-    _choices = {
-        "method": METHODS,
-        "shell_grouping": GROUPINGS,
-        "p2s_model": P2S_MODELS,
-        "device": DEVICES,
-        "ddm2_preset": DDM2_PRESETS,
-    }
+    _choices = {"method": tuple(METHODS), "shell_grouping": GROUPINGS, "device": DEVICES}
 
     @classmethod
     def _coerce(cls, name, value):
         if name in cls._choices and value not in cls._choices[name]:
             raise ValueError(f"workflow.{name} must be one of {', '.join(cls._choices[name])}; got {value!r}")
-        if name in ("b0_threshold", "shell_tolerance", "p2s_alpha"):
+        if name in ("b0_threshold", "shell_tolerance"):
             value = float(value)
-            if value < 0 or (name == "p2s_alpha" and value == 0):
-                raise ValueError(f"workflow.{name} must be {'> 0' if name == 'p2s_alpha' else '>= 0'}; got {value}")
-        if name == "patch_radius":
-            # imported here: patch2self imports PyTorch, which is slow to load
-            from bids_denoise.denoise.patch2self import normalize_patch_radius
-
-            return normalize_patch_radius(value)
-        if name in ("b0_denoising", "clip_negative_vals"):
+            if value < 0:
+                raise ValueError(f"workflow.{name} must be >= 0; got {value}")
+        if name == "b0_denoising":
             return bool(value)
-        if name in DDM2_COUNTS or name == "seed":
-            return _coerce_count(name, value, DDM2_COUNTS.get(name, 0))
-        if name == "ddm2_precision" and value is not None and value not in DDM2_PRECISIONS:
-            raise ValueError(f"workflow.ddm2_precision must be one of {', '.join(DDM2_PRECISIONS)}; got {value!r}")
-        if name in ("ddm2_save_model", "force"):
-            return bool(value)
+        option = all_options().get(name)
+        if option is not None:
+            return option.coerce(value)
         return value
 
-    @classmethod
-    def ddm2_overrides(cls) -> dict:
-        """The DDM2 overrides that are set, keyed like ``ddm2_denoise``'s arguments
-        (``stage1_steps``, ..., ``precision``); unset ones keep the preset's value."""
-        names = (*DDM2_COUNTS, "ddm2_precision")
-        return {name[len("ddm2_"):]: getattr(cls, name) for name in names if getattr(cls, name) is not None}
 
-
-def _coerce_count(name, value, minimum):
-    """An integer setting of the workflow section (``None`` allowed except for the seed)."""
-    if value is None and name != "seed":
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"workflow.{name} must be an integer; got {value!r}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"workflow.{name} must be an integer; got {value!r}") from None
-    if number != float(value) or number < minimum or (name == "seed" and number >= 2**32):
-        raise ValueError(f"workflow.{name} must be an integer >= {minimum}; got {value!r}")
-    if name == "ddm2_flips" and number not in DDM2_FLIPS:
-        raise ValueError(f"workflow.ddm2_flips must be one of {', '.join(map(str, DDM2_FLIPS))}; got {value!r}")
-    return number
+for _option in all_options().values():
+    setattr(workflow, _option.name, copy.deepcopy(_option.default))
+workflow._defaults = {name: copy.deepcopy(getattr(workflow, name)) for name in workflow._fields()}
 
 
 # ---------------------------------------------------------------------------------- loggers

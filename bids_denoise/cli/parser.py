@@ -22,13 +22,10 @@ from pathlib import Path
 
 from bids_denoise import config
 from bids_denoise.cli.version import PROG, version_string
+from bids_denoise.denoise.methods import DEFAULT_METHOD, METHODS, Option, all_options
 from bids_denoise.denoise.shells import B0_THRESHOLD, SHELL_TOLERANCE
 from bids_denoise.errors import EXIT_USAGE, MissingInputError, UsageError
 
-#: Largest Patch2Self patch radius; equals ``bids_denoise.denoise.patch2self.MAX_PATCH_RADIUS``
-#: (a test checks it). Not imported from there: that module loads PyTorch, which would make
-#: ``--help`` take seconds.
-MAX_PATCH_RADIUS = 3
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -90,8 +87,26 @@ def _int_type(minimum: int, maximum: int | None = None):
 
 
 _positive_int = _int_type(1)
-_nonnegative_int = _int_type(0)
-_radius_int = _int_type(0, MAX_PATCH_RADIUS)
+
+
+def _option_arguments(option: Option) -> dict:
+    """``add_argument`` keywords of a method option from the registry."""
+    arguments = dict(dest=option.name, help=option.help_text())
+    if option.kind == "switch":
+        return dict(arguments, action="store_false" if option.default else "store_true")
+    if option.kind == "choice":
+        return dict(arguments, choices=option.choices, default=option.default)
+    if option.kind == "radius":
+        return dict(arguments, nargs="+", metavar=option.metavar,
+                    type=_int_type(int(option.minimum), int(option.maximum)), default=list(option.default))
+    if option.choices:
+        return dict(arguments, type=int, choices=option.choices, default=option.default)
+    if option.kind == "int":
+        maximum = None if option.maximum is None else int(option.maximum)
+        converter = _int_type(int(option.minimum), maximum)
+    else:
+        converter = _float_type(option.minimum, inclusive=not option.positive)
+    return dict(arguments, type=converter, default=option.default, metavar=option.metavar)
 
 
 def _existing_file(value: str) -> Path:
@@ -119,7 +134,9 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Exit status: 0 success; 1 the workflow failed (crash files are in <work_dir>/logs); "
             "16 the input failed BIDS validation; 17 unsupported analysis level; 18 the labels or "
-            "filters selected no DWI run; 64 bad arguments; 66 input missing."
+            "filters selected no DWI run; 64 bad arguments; 65 bad input data (wrong counts, NaN "
+            "values, unreadable files); 66 input missing; 73 an output or work folder cannot be "
+            "created or written; 74 input/output error (e.g. the disk is full)."
         ),
         allow_abbrev=False,
     )
@@ -185,11 +202,11 @@ def _build_parser() -> argparse.ArgumentParser:
     g_method = parser.add_argument_group("Denoising method and shells")
     g_method.add_argument(
         "--method",
-        choices=config.METHODS,
-        default="patch2self",
-        help="Denoising method: 'patch2self' (self-supervised regression of each volume on the "
-        "others; CPU, minutes) or 'ddm2' (self-supervised diffusion model, one model trained per "
-        "shell; needs a GPU, see the DDM2 options). Default: patch2self.",
+        choices=tuple(METHODS),
+        default=DEFAULT_METHOD,
+        help="Denoising method: "
+        + "; ".join(f"'{name}' ({method.summary})" for name, method in METHODS.items())
+        + f". Default: {DEFAULT_METHOD}.",
     )
     g_method.add_argument(
         "--b0-threshold",
@@ -226,138 +243,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "group. Default: b=0 volumes are denoised.",
     )
 
-    g_p2s = parser.add_argument_group("Patch2Self")
-    g_p2s.add_argument(
-        "--p2s-model",
-        dest="p2s_model",
-        choices=config.P2S_MODELS,
-        default="ols",
-        help="Regression that predicts each volume from the others: ordinary least squares, "
-        "ridge or lasso (lasso is much slower). Default: ols.",
-    )
-    g_p2s.add_argument(
-        "--p2s-alpha",
-        dest="p2s_alpha",
-        metavar="ALPHA",
-        type=_float_type(0.0, inclusive=False),
-        default=1.0,
-        help="Regularisation strength (> 0) of the ridge and lasso models; ignored by ols. "
-        "Default: 1.0.",
-    )
-    g_p2s.add_argument(
-        "--patch-radius",
-        dest="patch_radius",
-        metavar="R",
-        nargs="+",
-        type=_radius_int,
-        default=[0],
-        help=f"Patch radius in voxels, one value for all axes or three (x y z), each 0..{MAX_PATCH_RADIUS}. "
-        "0 uses single voxels, which suits human data; larger patches may help small or "
-        "low-SNR data (infant, animal). Default: 0.",
-    )
-
-    g_ddm2 = parser.add_argument_group(
-        "DDM2",
-        "Settings of --method ddm2. Each shell gets its own model: Stage I trains a network that "
-        "predicts every slice from the same slice of 2 neighbouring volumes, Stage II matches each "
-        "slice's noise to a diffusion step, Stage III trains the diffusion denoiser, and each slice "
-        "is then denoised from its own step. b=0 volumes are denoised with Patch2Self (2 or more "
-        "b0s; --no-b0-denoising copies them). Stage checkpoints are kept in "
-        "<work_dir>/ddm2/<run>/<shell>, so rerunning with the same -w resumes.",
-    )
-    g_ddm2.add_argument(
-        "--ddm2-preset",
-        dest="ddm2_preset",
-        choices=config.DDM2_PRESETS,
-        default="fast",
-        help="Step counts and network size. 'paper': the paper's counts (Stage I 10,000 steps, "
-        "Stage III 100,000, batch 32, 4 flips, full reverse chain; about 2-3 GPU-hours per shell "
-        "of 64 volumes of 96x96x60 on an H100). 'fast': Stage I 3,000, Stage III 20,000, batch 32, "
-        "1 flip, 25 strided sampling steps, bf16 and torch.compile (about 30 min per such shell). "
-        "'smoke': a tiny network and tens of steps, to test an installation on the CPU (no useful "
-        "denoising). Default: fast (the practical choice; use paper to reproduce the publication).",
-    )
-    g_ddm2.add_argument(
-        "--ddm2-stage1-steps",
-        dest="ddm2_stage1_steps",
-        metavar="N",
-        type=_positive_int,
-        help="Training steps of Stage I (the noise model). Default: the preset's (paper 10000, "
-        "fast 3000, smoke 30).",
-    )
-    g_ddm2.add_argument(
-        "--ddm2-stage3-steps",
-        dest="ddm2_stage3_steps",
-        metavar="N",
-        type=_positive_int,
-        help="Training steps of Stage III (the diffusion denoiser). Default: the preset's (paper "
-        "100000, fast 20000, smoke 40).",
-    )
-    g_ddm2.add_argument(
-        "--ddm2-sampling-steps",
-        dest="ddm2_sampling_steps",
-        metavar="N",
-        type=_nonnegative_int,
-        help="Reverse diffusion steps per slice: 0 runs the full chain from the slice's matched "
-        "step t* (t* steps, typically 10-450, with sampling noise, as in the paper); N > 0 takes at "
-        "most N evenly strided deterministic steps. Default: the preset's (paper 0, fast 25, smoke 6).",
-    )
-    g_ddm2.add_argument(
-        "--ddm2-batch-size",
-        dest="ddm2_batch_size",
-        metavar="N",
-        type=_positive_int,
-        help="Training batch of Stages I and III, in slices. Default: the preset's (paper and fast "
-        "32, smoke 4).",
-    )
-    g_ddm2.add_argument(
-        "--ddm2-inference-batch-size",
-        dest="ddm2_inference_batch_size",
-        metavar="N",
-        type=_positive_int,
-        help="Slices denoised together, each at its own noise level (GPU memory grows with it). "
-        "Default: the preset's (paper 64, fast 256, smoke 16).",
-    )
-    g_ddm2.add_argument(
-        "--ddm2-flips",
-        dest="ddm2_flips",
-        type=int,
-        choices=config.DDM2_FLIPS,
-        help="Flipped copies of each slice averaged at every reverse step (1: none; 2: plus a "
-        "vertical flip; 4: all four flips, as in the paper); cost grows in proportion. Default: the "
-        "preset's (paper 4, fast 1, smoke 2).",
-    )
-    g_ddm2.add_argument(
-        "--ddm2-precision",
-        dest="ddm2_precision",
-        choices=config.DDM2_PRECISIONS,
-        help="fp32 (TF32 tensor cores on CUDA) or bf16 autocast (faster on recent GPUs, slightly "
-        "different numbers). Default: the preset's (paper and smoke fp32, fast bf16).",
-    )
-    g_ddm2.add_argument(
-        "--ddm2-save-model",
-        dest="ddm2_save_model",
-        action="store_true",
-        help="Also write the trained networks of every shell to the derivatives "
-        "(<source>_desc-ddm2_model.pt, a PyTorch file). Default: off.",
-    )
-    g_ddm2.add_argument(
-        "--seed",
-        dest="seed",
-        metavar="N",
-        type=_nonnegative_int,
-        default=0,
-        help="Random seed of the DDM2 network initialisation, training batches and sampling noise. "
-        "A CPU run is reproducible; GPU runs differ slightly between runs (non-deterministic "
-        "cuDNN kernels). Default: 0.",
-    )
-    g_ddm2.add_argument(
-        "--force",
-        dest="force",
-        action="store_true",
-        help="Run DDM2 on the CPU with a preset other than 'smoke'. Without it such a run is refused "
-        "with its estimated duration (days to months on a few cores). Default: off.",
-    )
+    for method in METHODS.values():
+        group = parser.add_argument_group(method.label, method.description)
+        for option in method.options:
+            if option.flag:
+                group.add_argument(option.flag, *option.aliases, **_option_arguments(option))
 
     g_perf = parser.add_argument_group("Performance and execution")
     g_perf.add_argument(
@@ -466,40 +356,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------------- helpers
 def _load_bids_filters(parser: argparse.ArgumentParser, path: Path) -> dict:
-    """Read a ``--bids-filter-file``: a JSON object of ``{query: {entity: value}}``.
+    """Read a ``--bids-filter-file`` (:func:`bids_denoise.utils.bids.load_bids_filters` checks
+    the JSON, the queries and the entity names); a bad file ends with exit status 64 and a
+    message naming it."""
+    from bids_denoise.utils.bids import load_bids_filters
 
-    :func:`bids_denoise.utils.bids.load_bids_filters` reads and checks it (queries and entity
-    names too); without that module only the JSON structure is checked here. Either way a bad
-    file ends with exit status 64 and a message naming it.
-    """
     try:
-        from bids_denoise.utils.bids import load_bids_filters
-    except ImportError:
-        load_bids_filters = None
-    if load_bids_filters is not None:
-        try:
-            return load_bids_filters(path)
-        except UsageError as exc:
-            parser.error(f"--bids-filter-file: {exc}")
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        parser.error(f"cannot read --bids-filter-file {path}: {exc.strerror or exc}")
-    try:
-        filters = json.loads(text)
-    except json.JSONDecodeError as exc:
-        parser.error(
-            f"--bids-filter-file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        )
-    if not isinstance(filters, dict):
-        parser.error(f"--bids-filter-file {path} must hold a JSON object like {{\"dwi\": {{...}}}}")
-    for query, entities in filters.items():
-        if not isinstance(entities, dict):
-            parser.error(
-                f"--bids-filter-file {path}: the filters of {query!r} must be a JSON object of "
-                f"entity: value pairs, got {type(entities).__name__}"
-            )
-    return filters
+        return load_bids_filters(path)
+    except UsageError as exc:
+        parser.error(f"--bids-filter-file: {exc}")
 
 
 def _load_plugin_file(parser: argparse.ArgumentParser, path: Path) -> dict:
@@ -533,13 +398,13 @@ def _check_paths(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:
             "Singularity/Apptainer, check that the dataset is mounted into the container at this "
             f"path (e.g. docker run -v /host/data:{bids_dir}:ro, or apptainer run -B /host/data:{bids_dir})."
         )
-    if _is_within(output_dir, bids_dir):
-        outside = bids_dir.resolve().parent / f"{bids_dir.resolve().name}-derivatives" / "bids_denoise"
+    derivatives = bids_dir / "derivatives"
+    if _is_within(output_dir, bids_dir) and not (_is_within(output_dir, derivatives)
+                                                 and output_dir.resolve() != derivatives.resolve()):
         raise UsageError(
-            f"the output folder {output_dir} is the input BIDS folder {bids_dir} or inside it. "
-            f"Outputs may not go anywhere inside the input dataset, not even under {bids_dir}/derivatives: "
-            f"the input must stay untouched and may be mounted read-only. Use a folder outside the "
-            f"input dataset, e.g. {outside}."
+            f"the output folder {output_dir} is the input BIDS folder {bids_dir} or inside its raw "
+            f"data. Outputs go outside the input dataset, or in a folder of its derivatives/ "
+            f"(which pybids and the BIDS validator skip), e.g. {derivatives / 'bids_denoise'}."
         )
     if _is_within(work_dir, bids_dir):
         raise UsageError(
@@ -586,10 +451,14 @@ def parse_args(args=None) -> argparse.Namespace:
     parser = _build_parser()
     opts = parser.parse_args(args)
 
-    # patch radius: one value or three
-    if len(opts.patch_radius) not in (1, 3):
-        parser.error(f"--patch-radius takes 1 or 3 values, got {len(opts.patch_radius)}")
-    patch_radius = tuple(opts.patch_radius * 3 if len(opts.patch_radius) == 1 else opts.patch_radius)
+    method_options = {}
+    for option in all_options().values():
+        value = getattr(opts, option.name, option.default)
+        if option.kind == "radius":
+            if len(value) not in (1, 3):
+                parser.error(f"{option.flag} takes 1 or 3 values, got {len(value)}")
+            value = tuple(value * 3 if len(value) == 1 else value)
+        method_options[option.name] = value
 
     bids_filters = _load_bids_filters(parser, opts.bids_filter_file) if opts.bids_filter_file else None
     plugin_settings = _load_plugin_file(parser, opts.use_plugin) if opts.use_plugin else None
@@ -644,21 +513,8 @@ def parse_args(args=None) -> argparse.Namespace:
                 "shell_tolerance": opts.shell_tolerance,
                 "shell_grouping": opts.shell_grouping,
                 "b0_denoising": opts.b0_denoising,
-                "p2s_model": opts.p2s_model,
-                "p2s_alpha": opts.p2s_alpha,
-                "patch_radius": patch_radius,
                 "device": opts.device,
-                "ddm2_preset": opts.ddm2_preset,
-                "ddm2_stage1_steps": opts.ddm2_stage1_steps,
-                "ddm2_stage3_steps": opts.ddm2_stage3_steps,
-                "ddm2_sampling_steps": opts.ddm2_sampling_steps,
-                "ddm2_batch_size": opts.ddm2_batch_size,
-                "ddm2_inference_batch_size": opts.ddm2_inference_batch_size,
-                "ddm2_flips": opts.ddm2_flips,
-                "ddm2_precision": opts.ddm2_precision,
-                "ddm2_save_model": opts.ddm2_save_model,
-                "seed": opts.seed,
-                "force": opts.force,
+                **method_options,
             },
         }
     )

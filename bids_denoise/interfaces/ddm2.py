@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -16,34 +15,29 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_denoise.denoise.shells import B0_THRESHOLD
-from bids_denoise.errors import DataError
-from bids_denoise.interfaces.shells import _save_like, read_group
-from bids_denoise.utils.threads import limit_threads
+from bids_denoise.denoise.methods.ddm2 import FLIP_COUNTS, PRECISIONS, PRESETS
+from bids_denoise.interfaces.denoiser import (
+    DenoisedGroup,
+    DenoiserInputSpec,
+    DenoiserOutputSpec,
+    GroupDenoiser,
+)
 
 LOGGER = logging.getLogger("nipype.interface")
 #: Keys of the history JSON (the report plots them; keep them stable).
 HISTORY_KEYS = ("stage1_loss", "stage3_loss", "t_star", "stage_seconds", "preset", "steps")
-_PRESETS = ("paper", "fast", "smoke")
 
 
-class _DDM2InputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="4D image of one group (b0s or one shell)")
-    bval_file = File(exists=True, mandatory=True, desc="b-values of in_file")
-    mask_file = File(exists=True, desc="voxels Patch2Self fits the b0 regressions on (DDM2 uses all)")
-    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b <= threshold is a b0")
-    b0_denoising = traits.Bool(True, usedefault=True, desc="denoise >= 2 b0s with Patch2Self (else copy)")
-    preset = traits.Enum(*_PRESETS, usedefault=True, desc="DDM2 preset (paper, fast, smoke)")
+class _DDM2InputSpec(DenoiserInputSpec):
+    preset = traits.Enum(*PRESETS, usedefault=True, desc="DDM2 preset (paper, fast, smoke)")
     stage1_steps = traits.Range(low=1, desc="Stage I steps (default: the preset's)")
     stage3_steps = traits.Range(low=1, desc="Stage III steps (default: the preset's)")
     sampling_steps = traits.Range(low=0, desc="reverse steps per slice, 0 = full chain (default: preset)")
     batch_size = traits.Range(low=1, desc="training batch in slices (default: the preset's)")
     inference_batch_size = traits.Range(low=1, desc="slices denoised together (default: the preset's)")
-    flips = traits.Enum(1, 2, 4, desc="flip variants averaged at inference (default: the preset's)")
-    precision = traits.Enum("fp32", "bf16", desc="fp32 or bf16 autocast (default: the preset's)")
-    device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="PyTorch device")
+    flips = traits.Enum(*FLIP_COUNTS, desc="flip variants averaged at inference (default: the preset's)")
+    precision = traits.Enum(*PRECISIONS, desc="fp32 or bf16 autocast (default: the preset's)")
     seed = traits.Int(0, usedefault=True, desc="random seed")
-    num_threads = traits.Int(1, usedefault=True, desc="CPU threads (BLAS and PyTorch)")
     checkpoint_dir = traits.Str(
         desc="stable directory for the stage checkpoints, outside the node's folder (Nipype empties "
         "a node's folder before it reruns); undefined: no checkpoints",
@@ -53,21 +47,16 @@ class _DDM2InputSpec(BaseInterfaceInputSpec):
     progress = traits.Bool(True, usedefault=True, desc="tqdm progress bars on stderr")
 
 
-class _DDM2OutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="denoised group, float32")
-    noise_file = File(exists=True, desc="3D residual RMS of the denoised volumes")
-    n_denoised = traits.Int(desc="volumes that were denoised (0 if copied through)")
-    device = traits.Str(desc="the device that ran")
-    run_time = traits.Float(desc="seconds spent in the denoiser")
+class _DDM2OutputSpec(DenoiserOutputSpec):
     history_file = File(exists=True, desc="JSON: losses, t* per slice, stage times, preset, steps")
     model_file = File(desc="trained networks (torch.save), with save_model and a trained model")
 
 
-class DDM2(SimpleInterface):
+class DDM2(GroupDenoiser):
     """Denoise one group (all b0s, or the volumes of one shell) with DDM2.
 
     A shell is denoised by one DDM2 model trained on it (Stages I-III, then inference). A b0
-    group is copied through, or denoised with Patch2Self when it has two or more volumes and
+    group is copied through, or denoised with Patch2Self when it has enough volumes and
     ``b0_denoising`` is on. Checkpoints go to ``checkpoint_dir``, so a rerun of the node (after
     a crash, a wall-time kill or a changed downstream node) skips finished stages and resumes
     the interrupted one.
@@ -86,44 +75,33 @@ class DDM2(SimpleInterface):
                  "flips", "precision")
         return {name: getattr(self.inputs, name) for name in names if isdefined(getattr(self.inputs, name))}
 
-    def _run_interface(self, runtime):
+    def _denoise(self, data, bvals, mask, device) -> DenoisedGroup:
         from bids_denoise.denoise.ddm2 import ddm2_denoise
-        from bids_denoise.denoise.ddm2.checkpoints import export_model
-        from bids_denoise.denoise.patch2self import resolve_device
 
-        img, data, bvals, mask = read_group(self.inputs.in_file, self.inputs.bval_file, self.inputs.mask_file)
-        device = resolve_device(self.inputs.device)
         checkpoint_dir = self.inputs.checkpoint_dir if isdefined(self.inputs.checkpoint_dir) else None
-        with limit_threads(self.inputs.num_threads), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            try:
-                result = ddm2_denoise(
-                    data, bvals, preset=self.inputs.preset, b0_threshold=self.inputs.b0_threshold,
-                    b0_denoising=self.inputs.b0_denoising, fit_mask=mask, device=device,
-                    seed=self.inputs.seed, checkpoint_dir=checkpoint_dir, progress=self.inputs.progress,
-                    return_model=self.inputs.save_model, **self._overrides(),
-                )
-            except ValueError as err:
-                raise DataError(f"{self.inputs.in_file}: {err}") from err
-        for warning in caught:
-            LOGGER.warning("%s: %s", self.inputs.in_file, warning.message)
+        result = ddm2_denoise(
+            data, bvals, preset=self.inputs.preset, b0_threshold=self.inputs.b0_threshold,
+            b0_denoising=self.inputs.b0_denoising, fit_mask=mask, device=device,
+            seed=self.inputs.seed, checkpoint_dir=checkpoint_dir, progress=self.inputs.progress,
+            return_model=self.inputs.save_model, **self._overrides(),
+        )
+        return DenoisedGroup(result.denoised, result.noise, int(result.n_denoised), str(result.device),
+                             run_time=result.run_time,
+                             extra={"history": result.history, "model": result.model_state})
 
-        self._results["run_time"] = round(result.run_time, 3)
-        self._results["device"] = result.device
-        self._results["n_denoised"] = int(result.n_denoised)
-        self._results["out_file"] = _save_like(img, result.denoised, runtime.cwd, "denoised_dwi.nii.gz")
-        self._results["noise_file"] = _save_like(img, result.noise, runtime.cwd, "noise_dwimap.nii.gz")
-        history = {key: result.history[key] for key in HISTORY_KEYS}
+    def _save_extra(self, result: DenoisedGroup, img, runtime) -> None:
+        from bids_denoise.denoise.ddm2.checkpoints import export_model
+
+        history = {key: result.extra["history"][key] for key in HISTORY_KEYS}
         history_file = os.path.join(runtime.cwd, "ddm2_history.json")
         with open(history_file, "w") as stream:
             json.dump(history, stream)
         self._results["history_file"] = history_file
-        if self.inputs.save_model and result.model_state is not None:
+        if self.inputs.save_model and result.extra["model"] is not None:
             label = self.inputs.group_label if isdefined(self.inputs.group_label) else None
             model_file = os.path.join(runtime.cwd, "ddm2_model.pt")
-            export_model(model_file, {**result.model_state, "group": label or ""})
+            export_model(model_file, {**result.extra["model"], "group": label or ""})
             self._results["model_file"] = model_file
-        return runtime
 
 
 class _BundleModelsInputSpec(BaseInterfaceInputSpec):

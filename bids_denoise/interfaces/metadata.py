@@ -11,9 +11,9 @@ from nipype.interfaces.base import (
 )
 
 from bids_denoise import __version__
+from bids_denoise.denoise.methods import METHODS
 from bids_denoise.denoise.shells import VolumeGroup, group_decisions
 
-METHOD_NAMES = {"patch2self": "Patch2Self", "ddm2": "DDM2"}
 # Raw metadata that is still true after denoising and that later steps (SDC, eddy) need.
 CARRIED_METADATA = (
     "PhaseEncodingDirection", "TotalReadoutTime", "EffectiveEchoSpacing", "SliceTiming",
@@ -23,7 +23,7 @@ CARRIED_METADATA = (
 
 
 class _DenoisingMetadataInputSpec(BaseInterfaceInputSpec):
-    method = traits.Enum(*METHOD_NAMES, mandatory=True, desc="denoiser")
+    method = traits.Enum(*METHODS, mandatory=True, desc="denoiser")
     parameters = traits.Dict(mandatory=True, desc="every parameter of the method and the split")
     groups = traits.List(traits.Dict, mandatory=True, desc="groups from SplitShells")
     n_denoised = traits.List(traits.Int, mandatory=True, desc="denoised volumes per group")
@@ -47,7 +47,7 @@ class DenoisingMetadata(SimpleInterface):
     output_spec = _DenoisingMetadataOutputSpec
 
     def _run_interface(self, runtime):
-        method = METHOD_NAMES[self.inputs.method]
+        method = METHODS[self.inputs.method].label
         groups = []
         b0_denoising = bool(self.inputs.parameters.get("B0Denoising", True))
         for group, n_denoised, device, seconds in zip(

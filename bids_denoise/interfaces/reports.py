@@ -21,10 +21,10 @@ from nipype.interfaces.base import (
 
 from bids_denoise.denoise.shells import B0_THRESHOLD
 from bids_denoise.errors import DataError
-from bids_denoise.interfaces.shells import load_bvals
 from bids_denoise.reports import names
 from bids_denoise.utils.atomic import atomic_copy, atomic_write_json
 from bids_denoise.utils.derivatives import derivative_path
+from bids_denoise.utils.images import load_bvals
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -60,8 +60,7 @@ class DenoisingReportlets(SimpleInterface):
     output_spec = _DenoisingReportletsOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_denoise.reports import figures
-        from bids_denoise.reports.stats import brain_mask, mean_b0, residual_statistics
+        from bids_denoise.reports.reportlets import draw_reportlets
 
         raw_img = nb.as_closest_canonical(nb.load(self.inputs.in_file))
         denoised_img = nb.as_closest_canonical(nb.load(self.inputs.denoised_file))
@@ -74,48 +73,18 @@ class DenoisingReportlets(SimpleInterface):
         denoised = np.asarray(denoised_img.dataobj, dtype=np.float32)
         bvals = load_bvals(self.inputs.bval_file, raw.shape[3])
         zooms = [float(z) for z in raw_img.header.get_zooms()[:3]]
-        groups = [dict(g) for g in self.inputs.groups]
-
-        reference = mean_b0(raw, bvals, self.inputs.b0_threshold)
-        mask = brain_mask(reference)
-        anatomy = mean_b0(denoised, bvals, self.inputs.b0_threshold)
-        stats = residual_statistics(raw, denoised, groups, mask, anatomy=anatomy, bvals=bvals)
-
-        title = self.inputs.title if isdefined(self.inputs.title) else Path(self.inputs.in_file).name
-        out = Path(runtime.cwd)
-        made = []  # (desc, path)
-
         noise = None
         if isdefined(self.inputs.noise_file):
             noise = np.asarray(nb.as_closest_canonical(nb.load(self.inputs.noise_file)).dataobj, dtype=np.float32)
             if noise.shape != raw.shape[:3]:
                 LOGGER.warning("%s: noise map shape %s does not fit; not shown", self.inputs.noise_file, noise.shape)
                 noise = None
-        made.append(("brainmask", figures.plot_brainmask(reference, mask, zooms, out / "brainmask.png",
-                                                         noise=noise, title=f"{title}: brain mask")))
-        taken = set()
-        for group, group_stats in zip(groups, stats["Groups"]):
-            desc = names.mosaic_desc(group["Label"], taken)
-            taken.add(desc)
-            volume = figures.representative_volume(group["Volumes"])
-            state = "" if group_stats["Denoised"] else " (not denoised: copied through)"
-            made.append((desc, figures.plot_mosaic(
-                raw[..., volume], denoised[..., volume], mask, zooms, out / f"{desc}.png",
-                title=f"{title}: {group['Label']}, volume {volume} (b = {bvals[volume]:g}){state}",
-                residual_sd=group_stats.get("ResidualStd"),
-            )))
-        made.append(("residualhist", figures.plot_residual_histograms(
-            stats, out / "residualhist.svg", title=f"{title}: residuals in the brain mask")))
-        made.append(("residualstd", figures.plot_residual_std(
-            stats, out / "residualstd.svg", title=f"{title}: residual SD per volume")))
-        made.append(("residualcorr", figures.plot_residual_correlation(
-            stats, out / "residualcorr.svg", title=f"{title}: residual-versus-signal correlation")))
-        made.append(("sigma", figures.plot_sigma_snr(stats, out / "sigma.svg", title=f"{title}: noise and SNR")))
-
-        history_files = list(self.inputs.history_files) if isdefined(self.inputs.history_files) else []
-        if history_files:
-            made += self._ddm2_figures(history_files, groups, out, title, stats)
-
+        title = self.inputs.title if isdefined(self.inputs.title) else Path(self.inputs.in_file).name
+        made, stats = draw_reportlets(
+            raw, denoised, bvals, [dict(g) for g in self.inputs.groups], Path(runtime.cwd), zooms=zooms,
+            title=title, b0_threshold=self.inputs.b0_threshold, noise=noise,
+            history_files=list(self.inputs.history_files) if isdefined(self.inputs.history_files) else [],
+        )
         stats.update(
             Method=self.inputs.method,
             Source=Path(self.inputs.in_file).name,
@@ -125,30 +94,11 @@ class DenoisingReportlets(SimpleInterface):
             B0Threshold=float(self.inputs.b0_threshold),
             Figures=[{"Desc": desc, "File": Path(path).name} for desc, path in made],
         )
-        stats_file = atomic_write_json(out / "reportstats.json", stats)
+        stats_file = atomic_write_json(Path(runtime.cwd) / "reportstats.json", stats)
         self._results["figure_files"] = [str(path) for _, path in made]
         self._results["figure_descs"] = [desc for desc, _ in made]
         self._results["stats_file"] = str(stats_file)
         return runtime
-
-    @staticmethod
-    def _ddm2_figures(history_files, groups, out: Path, title: str, stats: dict):
-        from bids_denoise.reports.ddm2 import load_history, plot_loss_curves, plot_tstar, summarise_history
-
-        histories = []
-        for position, path in enumerate(history_files):
-            label = groups[position]["Label"] if position < len(groups) else f"group {position + 1}"
-            try:
-                histories.append((str(label), load_history(path)))
-            except (OSError, ValueError) as exc:
-                LOGGER.warning("Cannot read the DDM2 history %s (%s); it is not plotted.", path, exc)
-        if not histories:
-            return []
-        stats["DDM2"] = [{"Label": label, **summarise_history(history)} for label, history in histories]
-        return [
-            ("ddm2loss", plot_loss_curves(histories, out / "ddm2loss.svg", title=f"{title}: DDM2 training loss")),
-            ("ddm2tstar", plot_tstar(histories, out / "ddm2tstar.svg", title=f"{title}: DDM2 matched states")),
-        ]
 
 
 class _ReportletsSinkInputSpec(BaseInterfaceInputSpec):

@@ -24,28 +24,7 @@ from bids_denoise.denoise.shells import (
     group_volumes,
 )
 from bids_denoise.errors import DataError
-
-
-def load_bvals(bval_file, n_volumes=None) -> np.ndarray:
-    """Read an FSL-style bval file, checking its count against the image when given."""
-    try:
-        bvals = np.loadtxt(bval_file, ndmin=1).ravel()
-    except ValueError as err:
-        raise DataError(f"{bval_file}: b-values are not numeric ({err})") from err
-    if n_volumes is not None and bvals.size != n_volumes:
-        raise DataError(f"{bval_file}: {bvals.size} b-values for an image with {n_volumes} volumes")
-    return bvals
-
-
-def read_group(in_file, bval_file, mask_file=None):
-    """Load one group for a denoiser: (image, data array, b-values, boolean mask or None)."""
-    img = nb.load(in_file)
-    data = np.asanyarray(img.dataobj)
-    bvals = load_bvals(bval_file, data.shape[3] if data.ndim == 4 else None)
-    mask = None
-    if mask_file is not None and isdefined(mask_file):
-        mask = np.asanyarray(nb.load(mask_file).dataobj) > 0
-    return img, data, bvals, mask
+from bids_denoise.utils.images import load_bvals, save_like
 
 
 class _SplitShellsInputSpec(BaseInterfaceInputSpec):
@@ -134,7 +113,7 @@ class MergeShells(SimpleInterface):
             if group.shape != reference.shape[:3] + (len(index),):
                 raise DataError(f"{path}: shape {group.shape} does not fit volumes {index}")
             merged[..., index] = group
-        self._results["out_file"] = _save_like(reference, merged, runtime.cwd, "denoised_dwi.nii.gz")
+        self._results["out_file"] = save_like(reference, merged, runtime.cwd, "denoised_dwi.nii.gz")
         if isdefined(self.inputs.noise_files) and self.inputs.noise_files:
             self._results["noise_file"] = self._merge_noise(reference, runtime.cwd)
         return runtime
@@ -147,20 +126,4 @@ class MergeShells(SimpleInterface):
         for path, weight in zip(self.inputs.noise_files, weights):
             total += weight * np.asanyarray(nb.load(path).dataobj, dtype=np.float64) ** 2
         noise = np.sqrt(total / max(sum(weights), 1)).astype(np.float32)
-        return _save_like(reference, noise, cwd, "noise_dwimap.nii.gz")
-
-
-def _save_like(reference, data, cwd, name) -> str:
-    """Save float32 ``data`` with the reference's affine, qform/sform codes and zooms."""
-    header = reference.header.copy()
-    header.set_data_dtype(np.float32)
-    if data.ndim == 3:
-        header.set_data_shape(data.shape)
-        header.set_zooms(reference.header.get_zooms()[:3])
-    img = nb.Nifti1Image(data, reference.affine, header)
-    img.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
-    img.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
-    img.header.set_slope_inter(1.0, 0.0)
-    out = os.path.join(cwd, name)
-    img.to_filename(out)
-    return out
+        return save_like(reference, noise, cwd, "noise_dwimap.nii.gz")

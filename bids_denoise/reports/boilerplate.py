@@ -6,8 +6,8 @@ form, how volumes were grouped, what happened to the b=0 volumes, and the denois
 parameters. Citations use pandoc's ``[@key]`` syntax with the keys of
 ``bids_denoise/data/boilerplate.bib``.
 
-Each denoiser has its own sentence function, chosen by :func:`_method_sentence`; a new method
-adds one function and one entry in :data:`METHOD_SENTENCES`.
+Each method's sentence and its references come from its entry in
+:mod:`bids_denoise.denoise.methods`; the common references are in ``boilerplate.bib``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_denoise.__about__ import __version__
+from bids_denoise.denoise.methods import METHODS, join_words
 from bids_denoise.denoise.shells import MIN_GROUP_VOLUMES, MIN_SHELL_VOLUMES, group_volumes
 from bids_denoise.reports.markdown import markdown_to_html, parse_bibtex, references_html
 
@@ -29,8 +30,6 @@ LOGGER = logging.getLogger(__name__)
 BIB_FILE = Path(__file__).resolve().parents[1] / "data" / "boilerplate.bib"
 #: Placeholder in ``boilerplate.bib`` replaced by the running version.
 VERSION_PLACEHOLDER = "{{version}}"
-CITATION_NAMES = ("CITATION.md", "CITATION.bib", "CITATION.html")
-_MODEL_NAMES = {"ols": "ordinary least squares (OLS)", "ridge": "ridge", "lasso": "lasso"}
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -38,18 +37,11 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
-def _join(items: list[str]) -> str:
-    items = [str(i) for i in items]
-    if len(items) <= 1:
-        return "".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
 def _bvalue_list(values: Iterable[int]) -> str:
     values = sorted(set(int(v) for v in values))
     if len(values) > 6:
         return f"{values[0]} to {values[-1]}"
-    return _join([str(v) for v in values])
+    return join_words([str(v) for v in values])
 
 
 def _flatten_runs(runs) -> list:
@@ -81,7 +73,8 @@ def survey_runs(runs, *, b0_threshold: float, shell_tolerance: float) -> list[di
     survey = []
     for run in _flatten_runs(runs):
         try:
-            bvals = np.loadtxt(run.bval_file, ndmin=1).ravel()
+            check = getattr(run, "check", None)  # what the preflight check already read
+            bvals = check.bvals if check is not None else np.loadtxt(run.bval_file, ndmin=1).ravel()
             groups = group_volumes(bvals, b0_threshold=b0_threshold, grouping="shell",
                                    shell_tolerance=shell_tolerance, min_shell_volumes=1)
         except (OSError, ValueError) as exc:
@@ -117,7 +110,7 @@ def _shell_sentence(survey: list[dict], b0_threshold: float, shell_tolerance: fl
             shells = "no diffusion-weighted shell (b=0 volumes only)"
         elif same:
             shells = (f"{_plural(n, 'diffusion-weighted shell')} (b = {_bvalue_list(survey[0]['shells'])} s/mm², "
-                      f"with {_join(survey[0]['shell_counts'])} volumes)")
+                      f"with {join_words(survey[0]['shell_counts'])} volumes)")
         else:
             shells = (f"{_plural(n, 'diffusion-weighted shell')} (b = "
                       f"{_bvalue_list(b for s in survey for b in s['shells'])} s/mm² across series)")
@@ -161,84 +154,11 @@ def _b0_sentence(settings, survey: list[dict]) -> str:
     return f"The b=0 volumes were denoised as a group of their own, from each other{note}."
 
 
-# --------------------------------------------------------------------------- method sentences
-def _patch2self_sentence(settings) -> str:
-    model = str(getattr(settings, "p2s_model", "ols"))
-    alpha = float(getattr(settings, "p2s_alpha", 1.0))
-    regression = _MODEL_NAMES.get(model, model) + " regression"
-    if model in ("ridge", "lasso"):
-        regression += f" (alpha = {alpha:g})"
-    radius = [int(r) for r in np.atleast_1d(getattr(settings, "patch_radius", (0, 0, 0)))]
-    if len(set(radius)) == 1:
-        patch = f"a patch radius of {radius[0]}" + (" (single voxels)" if radius[0] == 0 else
-                                                     f" (patches of {2 * radius[0] + 1}³ voxels)")
-    else:
-        patch = f"a patch radius of {_join([str(r) for r in radius])} voxels along x, y and z"
-    if max(radius) > 0 and getattr(settings, "patch_pooling", "voxel") == "radial":
-        patch += ", the patch voxels at each distance from the centre averaged into one predictor"
-    sentence = (
-        "Denoising used Patch2Self [@patch2self], a self-supervised method that predicts each volume "
-        f"from the other volumes of its group, with {regression} and {patch}."
-    )
-    if getattr(settings, "clip_negative_vals", False):
-        sentence += " Negative denoised values were set to zero."
-    return sentence
-
-
-def _ddm2_settings(settings) -> dict:
-    """Preset and counts of a DDM2 run: ``config.workflow.ddm2_*`` over the preset's defaults."""
-    preset = getattr(settings, "ddm2_preset", None)
-    keys = ("stage1_steps", "stage3_steps", "sampling_steps", "flips")
-    values = {key: getattr(settings, f"ddm2_{key}", None) for key in keys}
-    values.update({k: v for k, v in dict(getattr(settings, "ddm2_steps", None) or {}).items()
-                   if values.get(k) is None and k in keys})
-    if preset:
-        try:  # the preset table lives with the DDM2 engine; the text must not depend on it
-            from bids_denoise.denoise.ddm2.settings import resolve_settings
-
-            resolved = resolve_settings(preset, **{k: v for k, v in values.items() if v is not None})
-            values = {key: getattr(resolved, key, values[key]) for key in keys}
-        except Exception as exc:  # noqa: BLE001
-            LOGGER.debug("DDM2 preset %s not resolved for the methods text: %s", preset, exc)
-    return {"preset": preset, **values}
-
-
-def _ddm2_sentence(settings) -> str:
-    """DDM2 sentence from ``config.workflow.ddm2_*`` (every attribute optional)."""
-    values = _ddm2_settings(settings)
-    details = []
-    if values["stage1_steps"] is not None:
-        details.append(f"stage I: {int(values['stage1_steps']):,} training steps")
-    if values["stage3_steps"] is not None:
-        details.append(f"stage III: {int(values['stage3_steps']):,} training steps")
-    sampling = values["sampling_steps"]
-    if sampling is not None:
-        details.append("sampling: the full reverse chain from each slice's matched step" if int(sampling) == 0
-                       else f"sampling: at most {int(sampling)} strided reverse steps from each slice's matched step")
-    if values["flips"] is not None and int(values["flips"]) > 1:
-        details.append(f"{int(values['flips'])} flipped copies averaged")
-    preset = f" with the {values['preset']} preset" if values["preset"] else ""
-    if details:
-        preset = (preset or " with") + " (" + "; ".join(details) + ")"
-    return (
-        "Denoising used DDM2 [@ddm2], a self-supervised method in three stages, with one model trained per "
-        "volume group: a network that predicts each slice from the same slice of neighbouring volumes "
-        "(stage I), the matching of each slice to a state of the diffusion Markov chain (stage II), and a "
-        "diffusion model trained on the stage-I estimates and the matched noise (stage III), run"
-        + (preset or " with its default settings")
-        + "."
-    )
-
-
-#: Denoiser name (``config.workflow.method``) to its sentence.
-METHOD_SENTENCES = {"patch2self": _patch2self_sentence, "ddm2": _ddm2_sentence}
-
-
+# --------------------------------------------------------------------------- method sentence
 def _method_sentence(settings) -> str:
     """The sentence describing the configured denoiser and all of its parameters."""
-    method = str(getattr(settings, "method", "patch2self"))
-    writer = METHOD_SENTENCES.get(method)
-    return writer(settings) if writer else f"Denoising used {method}."
+    method = METHODS.get(str(getattr(settings, "method", "patch2self")))
+    return method.sentence(settings) if method else f"Denoising used {getattr(settings, 'method', '?')}."
 
 
 # ---------------------------------------------------------------------------- the paragraph
@@ -314,8 +234,12 @@ def build_boilerplate(settings=None, runs=None, *, version: str | None = None) -
 
 # -------------------------------------------------------------------------------- citations
 def bibtex(version: str | None = None) -> str:
-    """The package's ``boilerplate.bib`` with the version filled in."""
-    return BIB_FILE.read_text(encoding="utf-8").replace(VERSION_PLACEHOLDER, version or __version__)
+    """``boilerplate.bib`` with every method's references after the first entry (bids_denoise
+    itself), and the version filled in."""
+    first, _, common = BIB_FILE.read_text(encoding="utf-8").partition("\n@")
+    methods = "\n".join(method.bibtex for method in METHODS.values())
+    text = f"{first}\n{methods}\n@{common}"
+    return text.replace(VERSION_PLACEHOLDER, version or __version__)
 
 
 def citation_html(markdown: str, bib_text: str | None = None, *, title: str = "Methods") -> str:
@@ -353,7 +277,6 @@ def write_citation_files(output_dir: str | os.PathLike, markdown: str, *, versio
 
 
 __all__ = [
-    "METHOD_SENTENCES",
     "bibtex",
     "build_boilerplate",
     "citation_html",

@@ -28,12 +28,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bids_denoise.__about__ import __version__
+from bids_denoise.outputs import OUTPUTS
 from bids_denoise.reports import names
 from bids_denoise.reports.markdown import markdown_to_html, parse_bibtex, references_html
 
 LOGGER = logging.getLogger(__name__)
 
-DENOISED_SIDECAR = "_desc-denoised_dwi.json"
+DENOISED_SIDECAR = OUTPUTS["dwi"].sidecar_pattern[1:]  # "_desc-denoised_dwi.json"
 _FIGURE_EXTENSIONS = (".png", ".svg")
 _MAX_CRASH_CHARS = 20000
 

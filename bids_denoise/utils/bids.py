@@ -88,6 +88,9 @@ class DWIRun:
     bvec_file: Path
     entities: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    #: what the preflight check read (shape, b-values, groups), passed down so nothing reads the
+    #: header or the b-values again; ``None`` before the check
+    check: object = field(default=None, compare=False, repr=False)
 
     def __hash__(self) -> int:
         # The generated hash would fail on the dict fields; the NIfTI identifies the run.

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bids_denoise.errors import UsageError
+from bids_denoise.outputs import bidsignore_lines
 from bids_denoise.utils.atomic import atomic_write_json, atomic_write_text
 
 LOGGER = logging.getLogger(__name__)
@@ -51,30 +52,12 @@ PIPELINE_NAME = "bids_denoise"
 DESCRIPTION_FILE = "dataset_description.json"
 LOCK_FILE = ".bids_denoise.lock"
 
-#: Patterns written to the derivative ``.bidsignore``. Kept as gitignore-style lines, checked
-#: with bids-validator-deno 3.0.2 (a bare ``figures/`` does NOT match ``sub-01/figures/``).
-DEFAULT_BIDSIGNORE = (
-    # The derivative ``dwi`` rule allows only .nii[.gz]/.json; the gradient tables that go with
-    # each denoised series are the de facto convention (QSIPrep, MRtrix3_connectome).
-    "*_dwi.bval",
-    "*_dwi.bvec",
-    # The noise map: ``<entities>_desc-noise_dwimap.nii.gz`` has no BIDS suffix yet (BEP016).
-    "*_dwimap.nii.gz",
-    "*_dwimap.json",
-    # Reportlets, logs (crash files go to sub-*/log/ in nipreps apps), HTML reports and the
-    # group-level table.
-    "**/figures",
-    "sub-*/figures",
-    "logs/",
-    "sub-*/log",
-    "*.html",
-    "/group_summary.tsv",
-    "/group_summary.json",
-)
+#: Patterns written to the derivative ``.bidsignore``: those of every output that has no BIDS
+#: rule (:mod:`bids_denoise.outputs`). Gitignore-style lines, checked with bids-validator-deno
+#: 3.0.2 (a bare ``figures/`` does NOT match ``sub-01/figures/``).
+DEFAULT_BIDSIGNORE = bidsignore_lines()
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
-_CONTAINER_IMAGE_ENV = "BIDS_DENOISE_CONTAINER_IMAGE"
-_CONTAINER_TYPE_ENV = "BIDS_DENOISE_CONTAINER_TYPE"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,11 +242,11 @@ def _output_lock(output_dir: Path):
 
 
 def _container_from_env() -> dict | None:
-    image = os.environ.get(_CONTAINER_IMAGE_ENV, "").strip()
-    if not image:
-        return None
-    kind = os.environ.get(_CONTAINER_TYPE_ENV, "").strip() or "docker"
-    return {"Type": kind, "Tag": image}
+    """``GeneratedBy[].Container`` of the running image, if any (Docker, Apptainer, Singularity)."""
+    from bids_denoise.utils.provenance import container
+
+    found = container()
+    return {"Type": found["Type"], "Tag": found["Image"]} if found else None
 
 
 def _generated_by(container: Mapping | None, provenance=None) -> dict:

@@ -25,13 +25,15 @@ UNIT_TOLERANCE = 0.1
 
 @dataclass
 class RunCheck:
-    """What a successful check learnt about a run."""
+    """What a successful check learnt about a run; read once, passed down to the workflow."""
 
     shape: tuple
     largest_group: int
     warnings: list = field(default_factory=list)
     #: decisions about small groups (merged shells, groups copied through), one line each
     decisions: list = field(default_factory=list)
+    bvals: np.ndarray | None = None
+    groups: list = field(default_factory=list)
 
 
 def _read_gradients(path: Path, what: str) -> np.ndarray:
@@ -143,10 +145,74 @@ def check_run(run, *, b0_threshold: float, patch_radius=(0, 0, 0), grouping: str
     groups = group_volumes(bvals, b0_threshold=b0_threshold, grouping=grouping, shell_tolerance=shell_tolerance)
     decisions = [f"group {group.label}: {note}" for group in groups
                  for note in group_decisions(group, b0_denoising=b0_denoising)]
-    del data, img
-    return RunCheck(shape=tuple(int(s) for s in nb.load(dwi_file).shape),
-                    largest_group=max(group.size for group in groups), warnings=warnings,
-                    decisions=decisions)
+    return RunCheck(shape=tuple(int(s) for s in img.shape), largest_group=max(group.size for group in groups),
+                    warnings=warnings, decisions=decisions, bvals=bvals, groups=groups)
+
+
+@dataclass
+class Preflight:
+    """The outcome of :func:`preflight_runs`."""
+
+    kept: dict  # subject -> runs that can be processed, each with its RunCheck as ``run.check``
+    failed: list  # (run, BidsDenoiseError)
+    too_big: list  # "<run> needs about X GB"
+    conflicts: list  # earlier outputs made with other settings
+
+
+def preflight_runs(runs_by_subject: dict, *, settings, output_dir, mem_gb=None, stop_on_first_crash=False,
+                   relative=str) -> Preflight:
+    """Check every run before any work starts.
+
+    A run that cannot be processed is returned in ``failed`` (or its error is raised with
+    ``stop_on_first_crash``). Runs that need more memory than ``mem_gb`` by their method's model,
+    and earlier outputs made with other settings, are listed; the caller refuses to start.
+    """
+    from dataclasses import replace
+
+    from bids_denoise.denoise.methods import denoising_parameters, get_method
+    from bids_denoise.errors import BidsDenoiseError
+
+    method = get_method(settings.method)
+    parameters = denoising_parameters(settings)
+    result = Preflight({}, [], [], [])
+    for subject, runs in runs_by_subject.items():
+        for run in runs:
+            try:
+                check = check_run(run, b0_threshold=settings.b0_threshold,
+                                  patch_radius=getattr(settings, "patch_radius", (0, 0, 0)),
+                                  grouping=settings.shell_grouping, shell_tolerance=settings.shell_tolerance,
+                                  b0_denoising=settings.b0_denoising)
+            except BidsDenoiseError as err:
+                if stop_on_first_crash:
+                    raise
+                result.failed.append((run, err))
+                continue
+            need = method.memory_gb(check.shape, settings, check.largest_group, settings.device)
+            if mem_gb and need > mem_gb:
+                result.too_big.append(f"{relative(run.dwi_file)} needs about {need:.1f} GB")
+            result.conflicts += conflicting_outputs(run, output_dir, method=method.label, parameters=parameters)
+            result.kept.setdefault(subject, []).append(replace(run, check=check))
+    return result
+
+
+def estimate_runtime(runs_by_subject: dict, *, settings, n_threads: int):
+    """The method's run-time check over the selected runs (``None`` for methods without one).
+
+    Logs the estimate; raises :class:`~bids_denoise.errors.UsageError` when the method refuses
+    to start (DDM2 on a CPU without ``--force``).
+    """
+    from bids_denoise.denoise.methods import get_method
+
+    method = get_method(settings.method)
+    checks = [run.check for runs in runs_by_subject.values() for run in runs if getattr(run, "check", None)]
+    if method.check_runtime is None or not checks:
+        return None
+    device = settings.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return method.check_runtime(checks, settings, device, n_threads)
 
 
 def conflicting_outputs(run, output_dir, *, method: str, parameters: dict) -> list[str]:
@@ -157,9 +223,9 @@ def conflicting_outputs(run, output_dir, *, method: str, parameters: dict) -> li
     """
     import json
 
-    from bids_denoise.utils.derivatives import derivative_path
+    from bids_denoise.outputs import OUTPUTS
 
-    sidecar = derivative_path(run.dwi_file, output_dir, desc="denoised", suffix="dwi", extension=".json")
+    sidecar = OUTPUTS["dwi"].sidecar_path(run.dwi_file, output_dir)
     if not sidecar.exists():
         return []
     try:

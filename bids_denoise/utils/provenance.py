@@ -33,9 +33,6 @@ from pathlib import Path
 
 from bids_denoise.__about__ import __packagename__, __version__
 
-#: Environment variables that name the container image / its kind (set in our Dockerfile).
-CONTAINER_IMAGE_ENV = "BIDS_DENOISE_CONTAINER_IMAGE"
-CONTAINER_TYPE_ENV = "BIDS_DENOISE_CONTAINER_TYPE"
 #: Set by container builds that copy a checkout without its ``.git`` folder.
 GIT_COMMIT_ENV = "BIDS_DENOISE_GIT_COMMIT"
 #: Settings left out of the recorded configuration because they change at every invocation.
@@ -93,14 +90,9 @@ def git_commit() -> str | None:
 
 def container() -> dict | None:
     """``{"Type": ..., "Image": ...}`` when running in a container, else ``None``."""
-    image = os.environ.get(CONTAINER_IMAGE_ENV, "").strip()
-    if image:
-        return {"Type": os.environ.get(CONTAINER_TYPE_ENV, "").strip() or "docker", "Image": image}
-    for variable, kind in (("APPTAINER_CONTAINER", "apptainer"), ("SINGULARITY_CONTAINER", "singularity")):
-        image = os.environ.get(variable, "").strip()
-        if image:
-            return {"Type": kind, "Image": image}
-    return None
+    from bids_denoise.config import detect_container
+
+    return detect_container()
 
 
 def to_json_value(value):

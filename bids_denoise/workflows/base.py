@@ -6,10 +6,12 @@ import nibabel as nb
 from nipype.pipeline import engine as pe
 
 from bids_denoise import config
-from bids_denoise.denoise.patch2self import estimate_memory_gb
+from bids_denoise.denoise import methods
+from bids_denoise.denoise.methods import get_method
 from bids_denoise.interfaces.bids import DerivativesDataSink
 from bids_denoise.interfaces.metadata import DenoisingMetadata
 from bids_denoise.interfaces.reports import DenoisingReportlets, ReportletsSink
+from bids_denoise.outputs import OUTPUTS
 from bids_denoise.utils.derivatives import bids_uri
 from bids_denoise.workflows.dwi import init_dwi_denoise_wf
 
@@ -41,51 +43,32 @@ def init_single_subject_wf(subject, runs):
 
 def denoising_parameters() -> dict:
     """The settings that decide the output, from ``config.workflow``, as recorded in sidecars."""
-    settings = config.workflow
-    parameters = {
-        "B0Threshold": float(settings.b0_threshold),
-        "ShellGrouping": settings.shell_grouping,
-        "ShellTolerance": float(settings.shell_tolerance),
-        "B0Denoising": bool(settings.b0_denoising),
-    }
-    if settings.method == "patch2self":
-        parameters.update(
-            Model=settings.p2s_model,
-            Alpha=float(settings.p2s_alpha),
-            PatchRadius=list(settings.patch_radius),
-            ClipNegativeValues=bool(settings.clip_negative_vals),
-        )
-    elif settings.method == "ddm2":
-        from bids_denoise.denoise.ddm2.settings import resolve_settings, sidecar_parameters
-
-        resolved = resolve_settings(settings.ddm2_preset, **settings.ddm2_overrides())
-        parameters.update(sidecar_parameters(resolved, seed=settings.seed))
-        parameters["B0Method"] = "Patch2Self" if settings.b0_denoising else "none"
-    return parameters
+    return methods.denoising_parameters(config.workflow)
 
 
-def ddm2_checkpoint_root(run) -> str:
-    """Stable folder of a run's DDM2 checkpoints, ``<work_dir>/ddm2/<run name>``.
+def checkpoint_root(run) -> str:
+    """Stable folder of a run's checkpoints, ``<work_dir>/<method>/<run name>``.
 
     Outside every Nipype node folder on purpose: Nipype empties a node's folder before it
     reruns the node (also after a crash), which would lose the checkpoints.
     """
     from pathlib import Path
 
-    return str(Path(config.execution.work_dir) / "ddm2" / run.name)
+    return str(Path(config.execution.work_dir) / config.workflow.method / run.name)
 
 
-def _add_ddm2_model_sink(workflow, denoise_wf, run) -> None:
-    """``--ddm2-save-model``: bundle the groups' networks and sink ``*_desc-ddm2_model.pt``."""
+def _add_model_sink(workflow, denoise_wf, run) -> None:
+    """Bundle the groups' trained networks and sink ``*_desc-<method>_model.pt``."""
     from bids_denoise.interfaces.ddm2 import BundleModels
 
-    bundle = pe.Node(BundleModels(), name="ddm2_models", run_without_submitting=True)
+    model = OUTPUTS["model"]
+    bundle = pe.Node(BundleModels(), name="bundle_models", run_without_submitting=True)
     sink = pe.Node(
         DerivativesDataSink(
             base_directory=str(config.execution.output_dir), source_file=str(run.dwi_file),
-            desc="ddm2", suffix="model", extension=".pt",
+            desc=model.desc, suffix=model.suffix, extension=model.extension,
         ),
-        name="ds_ddm2_model",
+        name="ds_model",
         run_without_submitting=True,
         mem_gb=0.1,
     )
@@ -96,9 +79,16 @@ def _add_ddm2_model_sink(workflow, denoise_wf, run) -> None:
 
 
 def init_run_wf(run):
-    """Denoise one run and sink its denoised series, gradients, noise map and sidecars."""
+    """Denoise one run and sink its denoised series, gradients, noise map and sidecars.
+
+    ``run`` may carry what the preflight check read (``run.check``: shape, b-values, groups);
+    otherwise the header is read here.
+    """
     settings = config.workflow
-    shape = nb.load(run.dwi_file).shape
+    method = get_method(settings.method)
+    check = getattr(run, "check", None)
+    shape = check.shape if check is not None else nb.load(run.dwi_file).shape
+    largest_group = check.largest_group if check is not None else None
     workflow = pe.Workflow(name=f"{run.name}_wf")
     denoise_wf = init_dwi_denoise_wf(
         method=settings.method,
@@ -106,19 +96,11 @@ def init_run_wf(run):
         shell_tolerance=settings.shell_tolerance,
         shell_grouping=settings.shell_grouping,
         b0_denoising=settings.b0_denoising,
-        p2s_model=settings.p2s_model,
-        p2s_alpha=settings.p2s_alpha,
-        patch_radius=settings.patch_radius,
-        clip_negative_vals=settings.clip_negative_vals,
         device=settings.device,
-        ddm2_preset=settings.ddm2_preset,
-        ddm2_overrides=settings.ddm2_overrides(),
-        seed=settings.seed,
-        ddm2_save_model=settings.ddm2_save_model,
-        checkpoint_root=ddm2_checkpoint_root(run) if settings.method == "ddm2" else None,
+        checkpoint_root=checkpoint_root(run),
         omp_nthreads=config.nipype.omp_nthreads,
-        mem_gb=_ddm2_memory_gb(shape) if settings.method == "ddm2"
-        else estimate_memory_gb(shape, patch_radius=settings.patch_radius),
+        mem_gb=method.memory_gb(shape, settings, largest_group, settings.device),
+        **{option.name: getattr(settings, option.name) for option in method.options},
     )
     denoise_wf.inputs.inputnode.dwi_file = str(run.dwi_file)
     denoise_wf.inputs.inputnode.bval_file = str(run.bval_file)
@@ -136,22 +118,17 @@ def init_run_wf(run):
         name="metadata",
         run_without_submitting=True,
     )
-    sinks = {
-        "ds_dwi": dict(desc="denoised", suffix="dwi"),
-        "ds_bval": dict(desc="denoised", suffix="dwi", extension=".bval"),
-        "ds_bvec": dict(desc="denoised", suffix="dwi", extension=".bvec"),
-        "ds_noise": dict(desc="noise", suffix="dwimap"),
-    }
     nodes = {
-        name: pe.Node(
+        f"ds_{key}": pe.Node(
             DerivativesDataSink(
-                base_directory=str(config.execution.output_dir), source_file=str(run.dwi_file), **kwargs
+                base_directory=str(config.execution.output_dir), source_file=str(run.dwi_file),
+                desc=OUTPUTS[key].desc, suffix=OUTPUTS[key].suffix, extension=OUTPUTS[key].extension,
             ),
-            name=name,
+            name=f"ds_{key}",
             run_without_submitting=True,
             mem_gb=0.1,
         )
-        for name, kwargs in sinks.items()
+        for key in ("dwi", "bval", "bvec", "noise")
     }
     workflow.connect([
         (denoise_wf, metadata, [
@@ -166,15 +143,9 @@ def init_run_wf(run):
         (metadata, nodes["ds_noise"], [("noise_metadata", "meta_dict")]),
     ])  # fmt:skip
     _add_reportlets(workflow, denoise_wf, run, shape)
-    if settings.method == "ddm2" and settings.ddm2_save_model:
-        _add_ddm2_model_sink(workflow, denoise_wf, run)
+    if OUTPUTS["model"].method == settings.method and getattr(settings, f"{settings.method}_save_model", False):
+        _add_model_sink(workflow, denoise_wf, run)
     return workflow
-
-
-def _ddm2_memory_gb(shape) -> float:
-    from bids_denoise.denoise.ddm2.settings import estimate_memory_gb as ddm2_memory_gb
-
-    return ddm2_memory_gb(shape)
 
 
 def _sidecar_provenance() -> dict:
@@ -234,10 +205,9 @@ def connect_ddm2_history(workflow, denoise_wf, reportlets) -> bool:
 def build_boilerplate(runs_by_subject=None) -> str:
     """A methods paragraph (Markdown) for the configured denoising and the selected runs.
 
-    The text is written by :func:`bids_denoise.reports.boilerplate.build_boilerplate`; each
-    method has its own sentence there (``_method_sentence`` dispatches on
-    ``config.workflow.method``). Without ``runs_by_subject`` the runs selected by the CLI's
-    layout, labels and filters are used to count the shells.
+    The text is written by :func:`bids_denoise.reports.boilerplate.build_boilerplate`, with the
+    method's sentence from its registry entry. Without ``runs_by_subject`` the runs selected by
+    the CLI's layout, labels and filters are used to count the shells.
     """
     from bids_denoise.reports.boilerplate import build_boilerplate as _build_boilerplate
 

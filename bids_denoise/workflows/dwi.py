@@ -2,39 +2,47 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bids_denoise.denoise.patch2self import CLIP_NEGATIVE_VALS, normalize_patch_radius
+from bids_denoise.denoise.methods import DEFAULT_METHOD, get_method
 from bids_denoise.denoise.shells import B0_THRESHOLD, MIN_SHELL_VOLUMES, SHELL_TOLERANCE
-from bids_denoise.interfaces.ddm2 import DDM2
-from bids_denoise.interfaces.patch2self import Patch2Self
 from bids_denoise.interfaces.shells import MergeShells, SplitShells
 
-METHODS = ("patch2self", "ddm2")
+#: Per-group inputs an interface may take, fed from the group labels.
+GROUP_INPUTS = ("group_label", "checkpoint_dir")
+#: Per-group outputs an interface may give, gathered on the outputnode (output -> field).
+GROUP_OUTPUTS = {"history_file": "history_files", "model_file": "model_files"}
+
+
+def method_settings(method: str, options: dict) -> SimpleNamespace:
+    """The method's options: ``options`` over the registry defaults, each checked."""
+    entry = get_method(method)
+    known = {option.name: option for option in entry.options}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"{', '.join(unknown)}: not option(s) of method {method!r}; its options are "
+                        f"{', '.join(known)}")
+    values = {name: option.coerce(options.get(name, option.default)) for name, option in known.items()}
+    return SimpleNamespace(**values)
 
 
 def init_dwi_denoise_wf(
     *,
-    method: str = "patch2self",
+    method: str = DEFAULT_METHOD,
     b0_threshold: float = B0_THRESHOLD,
     shell_tolerance: float = SHELL_TOLERANCE,
     shell_grouping: str = "shell",
     min_shell_volumes: int = MIN_SHELL_VOLUMES,
     b0_denoising: bool = True,
-    p2s_model: str = "ols",
-    p2s_alpha: float = 1.0,
-    patch_radius=0,
-    clip_negative_vals: bool = CLIP_NEGATIVE_VALS,
     device: str = "auto",
-    ddm2_preset: str = "fast",
-    ddm2_overrides: dict | None = None,
-    seed: int = 0,
-    ddm2_save_model: bool = False,
     checkpoint_root: str | None = None,
     omp_nthreads: int = 1,
     mem_gb: float = 1.0,
     name: str = "dwi_denoise_wf",
+    **options,
 ):
     """Denoise one DWI series group by group, keeping the volume order.
 
@@ -44,8 +52,8 @@ def init_dwi_denoise_wf(
 
     Parameters
     ----------
-    method : {"patch2self", "ddm2"}
-        Denoiser run on every group.
+    method : str
+        A method of :data:`bids_denoise.denoise.methods.METHODS` (``"patch2self"``, ``"ddm2"``).
     b0_threshold : float
         Volumes with ``b <= b0_threshold`` form the b0 group. Default 50.
     shell_tolerance : float
@@ -57,24 +65,22 @@ def init_dwi_denoise_wf(
         nearest shell in b. Default 10.
     b0_denoising : bool
         Denoise the b0 group from its own volumes; otherwise copy it. Default True.
-    p2s_model, p2s_alpha, patch_radius, clip_negative_vals
-        Patch2Self settings; see :func:`bids_denoise.denoise.patch2self.patch2self`.
     device : {"auto", "cpu", "cuda"}
         PyTorch device.
-    ddm2_preset, ddm2_overrides, seed, ddm2_save_model
-        DDM2 settings (``method="ddm2"``): the preset, a dictionary of count/precision
-        overrides (keys of :class:`bids_denoise.interfaces.ddm2.DDM2` inputs, e.g.
-        ``stage1_steps``; ``None`` values are ignored), the seed and whether to output the networks.
     checkpoint_root : str, optional
-        DDM2 only: stage checkpoints go to ``<checkpoint_root>/<group label>``. It must lie outside
-        the Nipype node folders (Nipype empties a node's folder before rerunning it). ``None``:
-        no checkpoints.
+        For methods that keep checkpoints (DDM2): they go to ``<checkpoint_root>/<group label>``,
+        which must lie outside the Nipype node folders (Nipype empties a node's folder before
+        rerunning it). ``None``: no checkpoints.
     omp_nthreads : int
         Threads each denoising node may use.
     mem_gb : float
         Memory (GB) reserved for each denoising node by the scheduler.
     name : str
         Workflow name.
+    **options
+        The method's options, named as in the registry (e.g. ``patch_radius=1``,
+        ``p2s_model="ridge"``, ``ddm2_preset="smoke"``, ``ddm2_stage1_steps=500``); the rest keep
+        their defaults.
 
     Inputs
     ------
@@ -94,22 +100,33 @@ def init_dwi_denoise_wf(
     groups, n_denoised, devices, run_times
         What was denoised where, for the sidecars.
     history_files, model_files, group_labels
-        DDM2 only: the training history JSON of every group, the model files of the groups
-        that have a model (with ``ddm2_save_model``) and the labels of all groups.
+        Only for methods whose interface gives them (DDM2): the training history of every
+        group, the model files of the groups that have one, and the labels of all groups.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    radius = list(normalize_patch_radius(patch_radius))
+    entry = get_method(method)
+    settings = method_settings(method, options)
+    interface = entry.interface_class()(
+        b0_threshold=b0_threshold, b0_denoising=b0_denoising, device=device, num_threads=omp_nthreads,
+        **entry.interface_inputs(settings),
+    )
+    inputs = set(interface.inputs.copyable_trait_names())
+    outputs = set(interface.output_spec().copyable_trait_names())
+    group_inputs = [field for field in GROUP_INPUTS if field in inputs]
+    if checkpoint_root is None and "checkpoint_dir" in group_inputs:
+        group_inputs.remove("checkpoint_dir")
+    extra_outputs = {output: field for output, field in GROUP_OUTPUTS.items() if output in outputs}
+    if group_inputs:
+        extra_outputs["group_label"] = "group_labels"
+
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file", "mask_file"]),
         name="inputnode",
     )
-    ddm2_fields = ["history_files", "model_files", "group_labels"] if method == "ddm2" else []
     outputnode = pe.Node(
         niu.IdentityInterface(fields=[
             "denoised_file", "bval_file", "bvec_file", "noise_file",
-            "groups", "n_denoised", "devices", "run_times", *ddm2_fields,
+            "groups", "n_denoised", "devices", "run_times", *extra_outputs.values(),
         ]),
         name="outputnode",
     )
@@ -118,22 +135,7 @@ def init_dwi_denoise_wf(
                     min_shell_volumes=min_shell_volumes),
         name="split_shells",
     )
-    if method == "ddm2":
-        overrides = {k: v for k, v in (ddm2_overrides or {}).items() if v is not None}
-        interface = DDM2(
-            b0_threshold=b0_threshold, b0_denoising=b0_denoising, preset=ddm2_preset, device=device,
-            seed=seed, save_model=ddm2_save_model, num_threads=omp_nthreads, **overrides,
-        )
-        iterfield = ["in_file", "bval_file", "group_label"]
-        if checkpoint_root is not None:
-            iterfield.append("checkpoint_dir")
-    else:
-        interface = Patch2Self(
-            b0_threshold=b0_threshold, b0_denoising=b0_denoising, model=p2s_model, alpha=p2s_alpha,
-            patch_radius=radius, clip_negative_vals=clip_negative_vals, device=device,
-            num_threads=omp_nthreads,
-        )
-        iterfield = ["in_file", "bval_file"]
+    iterfield = ["in_file", "bval_file", *group_inputs]
     denoise = pe.MapNode(interface, iterfield=iterfield, name="denoise", n_procs=omp_nthreads, mem_gb=mem_gb)
     merge = pe.Node(MergeShells(), name="merge_shells")
 
@@ -155,20 +157,22 @@ def init_dwi_denoise_wf(
             ("n_denoised", "n_denoised"), ("device", "devices"), ("run_time", "run_times"),
         ]),
     ])  # fmt:skip
-    if method == "ddm2":
+    for output, field in extra_outputs.items():
+        if output != "group_label":
+            workflow.connect(denoise, output, outputnode, field)
+    if group_inputs:
         labels = pe.Node(
             niu.Function(function=_group_folders, input_names=["groups", "root"],
                          output_names=["labels", "folders"]),
-            name="ddm2_groups",
+            name="group_labels",
         )
         labels.inputs.root = checkpoint_root
         workflow.connect([
             (split, labels, [("groups", "groups")]),
             (labels, denoise, [("labels", "group_label")]),
             (labels, outputnode, [("labels", "group_labels")]),
-            (denoise, outputnode, [("history_file", "history_files"), ("model_file", "model_files")]),
         ])  # fmt:skip
-        if checkpoint_root is not None:
+        if "checkpoint_dir" in group_inputs:
             workflow.connect(labels, "folders", denoise, "checkpoint_dir")
     return workflow
 

@@ -22,6 +22,7 @@ This module does no file I/O and has no Nipype dependency.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import warnings
@@ -32,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bids_denoise.denoise.device import resolve_device
+from bids_denoise.denoise.methods.patch2self import MAX_PATCH_RADIUS, POOLINGS as PATCH_POOLINGS
 from bids_denoise.denoise.patch2self.lagged import PaddedGroup, fit_group, predict_blocks
 from bids_denoise.denoise.patch2self.linalg import cpu_blas
 from bids_denoise.denoise.patch2self.output import Output
@@ -58,12 +60,8 @@ LOGGER = logging.getLogger(__name__)
 #: Default of ``clip_negative_vals``: of the settings that never output negative values, it
 #: scored best on every phantom (benchmarks/results/patch2self.md).
 CLIP_NEGATIVE_VALS = True
-MAX_PATCH_RADIUS = 3
 MIN_RECOMMENDED_VOLUMES = 10
 CLOSED_FORM_MODELS = ("ols", "ridge")
-#: "voxel": every patch voxel of every other volume is a predictor (the original Patch2Self);
-#: "radial": the mean over each distance from the centre is (4 per volume at radius 1).
-PATCH_POOLINGS = ("voxel", "radial")
 
 
 # --------------------------------------------------------------------------------- arguments
@@ -320,50 +318,6 @@ def _denoise(
     return denoised_array, noise
 
 
-def patch2self_with_noise(
-    data,
-    bvals,
-    *,
-    patch_radius=0,
-    patch_pooling="voxel",
-    model="ols",
-    alpha=1.0,
-    b0_threshold=B0_THRESHOLD,
-    b0_denoising=True,
-    grouping="shell",
-    shell_tolerance=SHELL_TOLERANCE,
-    min_group_volumes=MIN_GROUP_VOLUMES,
-    min_shell_volumes=MIN_SHELL_VOLUMES,
-    fit_mask=None,
-    shift_intensity=False,
-    clip_negative_vals=CLIP_NEGATIVE_VALS,
-    device="auto",
-    progress=True,
-    out_dtype=np.float32,
-):
-    """Denoise a DWI series with Patch2Self and return the residual noise map too.
-
-    Takes the same arguments as :func:`patch2self`.
-
-    Returns
-    -------
-    denoised : ndarray of ``out_dtype`` (float32), shape ``data.shape``
-        See :func:`patch2self`.
-    noise_map : ndarray of float32, shape ``data.shape[:3]``
-        Per voxel, the root mean square over the denoised volumes of the leave-one-out residual
-        (noisy minus prediction, before clipping or shifting). Zero if no volume was denoised.
-    """
-    return _denoise(
-        data, bvals, noise_map=True, patch_radius=patch_radius, patch_pooling=patch_pooling,
-        model=model, alpha=alpha,
-        b0_threshold=b0_threshold, b0_denoising=b0_denoising, grouping=grouping,
-        shell_tolerance=shell_tolerance, min_group_volumes=min_group_volumes,
-        min_shell_volumes=min_shell_volumes, fit_mask=fit_mask, shift_intensity=shift_intensity,
-        clip_negative_vals=clip_negative_vals, device=device, progress=progress,
-        out_dtype=out_dtype,
-    )
-
-
 def patch2self(
     data,
     bvals,
@@ -460,13 +414,23 @@ def patch2self(
     :data:`BLOCK_BYTES` (8 MB on the CPU).
     Results are deterministic for the same input on the same device.
     """
-    denoised, _ = _denoise(
-        data, bvals, noise_map=False, patch_radius=patch_radius, patch_pooling=patch_pooling,
-        model=model, alpha=alpha,
-        b0_threshold=b0_threshold, b0_denoising=b0_denoising, grouping=grouping,
-        shell_tolerance=shell_tolerance, min_group_volumes=min_group_volumes,
-        min_shell_volumes=min_shell_volumes, fit_mask=fit_mask, shift_intensity=shift_intensity,
-        clip_negative_vals=clip_negative_vals, device=device, progress=progress,
-        out_dtype=out_dtype,
-    )
-    return denoised
+    arguments = dict(locals())  # exactly the parameters: nothing else is defined yet
+    return _denoise(noise_map=False, **arguments)[0]
+
+
+def patch2self_with_noise(data, bvals, **options):
+    """Denoise a DWI series with Patch2Self and return the residual noise map too.
+
+    Takes the arguments of :func:`patch2self`, with the same defaults.
+
+    Returns
+    -------
+    denoised : ndarray of ``out_dtype`` (float32), shape ``data.shape``
+        See :func:`patch2self`.
+    noise_map : ndarray of float32, shape ``data.shape[:3]``
+        Per voxel, the root mean square over the denoised volumes of the leave-one-out residual
+        (noisy minus prediction, before clipping or shifting). Zero if no volume was denoised.
+    """
+    arguments = inspect.signature(patch2self).bind(data, bvals, **options)
+    arguments.apply_defaults()
+    return _denoise(noise_map=True, **arguments.arguments)
