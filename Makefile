@@ -27,11 +27,14 @@ demo: $(STAMP)
 		demo-out participant -w demo-work
 	@echo "Derivatives written to ./demo-out"
 
+# Every test: this -m replaces the default -m "not slow" of pyproject.toml's addopts (the gpu,
+# container and slurm tests skip themselves without their resource).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 -m "slow or not slow" tests
 
+# What plain `pytest` runs: the default selection (-m "not slow") of pyproject.toml's addopts.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m "not slow" tests
+	$(BIN)/python -m pytest -n 2 tests
 
 # Docker image: build (dockerd and the base image are set up when missing), run the example
 # dataset in it and compare with a host run. Steps and settings: scripts/ci/test_container.sh

@@ -41,7 +41,7 @@ device time per session; the machine has PyTorch but neither nibabel nor ../shar
 2. ``run`` with ``carry=[".bench_carry"]``, ``timeout_s=600`` and the command::
 
        export BIDS_DENOISE_SHARED=.bench_carry/shared PYTHONPATH=.:.bench_carry/pylib;
-       python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_denoise_ddm2_pipeline.py &&
+       python3 -m pytest -q -p no:cacheprovider -m gpu tests/denoise/ddm2/test_pipeline.py &&
        python3 benchmarks/bench_ddm2.py --presets fast --datasets hardi_snr10 clinical_snr10 \\
            --stage3-steps 6000 --time-budget 480 --out $OUT
 

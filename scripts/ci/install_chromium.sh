@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install a headless-capable Chromium for the report browser test (tests/test_browser_report.py).
+# Install a headless-capable Chromium for the report browser test (tests/system/test_browser_report.py).
 #
 # Idempotent: does nothing when a chromium binary is already on PATH (or CHROMIUM is set to an
 # executable). Needs root or sudo and access to the Debian/Ubuntu package mirrors. Exits 0 on

@@ -8,7 +8,7 @@
 #             debootstrap + docker import (the default local tag; no registry needed)
 #   build     build the production and test images (BuildKit; host CA bundle as a secret)
 #   version   docker run IMAGE --version prints the package version; labels and env are set
-#   image-tests  pytest -m container on the host against the image (tests/test_container_image.py)
+#   image-tests  pytest -m container on the host against the image (tests/system/test_container_image.py)
 #   check-ca  no layer of the image holds the host's extra CA certificates
 #   smoke     the example dataset, as the image's non-root user: --network none, --read-only,
 #             input mounted :ro; output list = .circleci/example_ds_outputs.txt; the derivative
@@ -316,7 +316,7 @@ step_compare() {
 step_image_tests() {
     [[ -x "$HOST_PYTHON" ]] || die "no host Python with bids_denoise and pytest at $HOST_PYTHON"
     timed image-tests env BIDS_DENOISE_TEST_IMAGE="$IMAGE" DOCKER="$DOCKER" \
-        "$HOST_PYTHON" -m pytest -q -p no:cacheprovider -m container tests/test_container_image.py \
+        "$HOST_PYTHON" -m pytest -q -p no:cacheprovider -m container tests/system/test_container_image.py \
         >"$CI_DIR/image-tests.log" 2>&1 \
         || { tail -n 60 "$CI_DIR/image-tests.log" >&2; die "image tests failed (log: $CI_DIR/image-tests.log)"; }
     log "OK: $(tail -n 1 "$CI_DIR/image-tests.log")"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_reports_example import build_example_report
-from tests.test_reports_html import check_links
+from tests.reports.test_html import check_links
+from tests.system.test_reports_example import build_example_report
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -6,6 +6,10 @@ keep the three in step: every step CircleCI names exists in the script, together
 every step the script runs by default, the jobs depend on each other as in nipreps (build once,
 then unit/smoke, then a re-run that reuses the smoke job's work dir, deploy on tags only), and
 the expected-output list matches the bundled example dataset.
+
+They also keep ``.ci/run``, the Makefile's test targets and pyproject.toml's default selection in
+step: plain ``pytest`` and ``make test-fast`` leave out the ``slow`` tests, ``make test`` (which
+``.ci/run`` calls) runs every test, and every test file the CI files name exists.
 """
 
 from __future__ import annotations
@@ -13,16 +17,21 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / ".circleci" / "config.yml"
 MAKEFILE = REPO_ROOT / "Makefile"
 SCRIPT = REPO_ROOT / "scripts" / "ci" / "test_container.sh"
 OUTPUTS = REPO_ROOT / ".circleci" / "example_ds_outputs.txt"
+CI_RUN = REPO_ROOT / ".ci" / "run"
+PYPROJECT = REPO_ROOT / "pyproject.toml"
 SCRIPT_RELATIVE = "scripts/ci/test_container.sh"
 
 pytestmark = pytest.mark.skipif(not (CONFIG.is_file() and MAKEFILE.is_file() and SCRIPT.is_file()),
@@ -192,3 +201,109 @@ def test_expected_output_list_matches_the_example_dataset():
         expected |= {f"{rel}_desc-denoised_dwi{ext}" for ext in (".nii.gz", ".json", ".bval", ".bvec")}
         expected |= {f"{rel}_desc-noise_dwimap{ext}" for ext in (".nii.gz", ".json")}
     assert expected <= set(lines), sorted(expected - set(lines))
+
+
+# ----------------------------------------------------------------------------------------------
+# make test / make test-fast / plain pytest / .ci/run
+# ----------------------------------------------------------------------------------------------
+#: One test per marker that decides a selection, and an unmarked one.
+PROBE_TESTS = """
+import pytest
+
+
+def test_unmarked():
+    pass
+
+
+@pytest.mark.slow
+def test_slow():
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_slow_gpu():
+    pass
+
+
+@pytest.mark.gpu
+def test_gpu():
+    pass
+
+
+@pytest.mark.container
+def test_container():
+    pass
+
+
+@pytest.mark.slurm
+def test_slurm():
+    pass
+"""
+ALL_PROBES = {"test_unmarked", "test_slow", "test_slow_gpu", "test_gpu", "test_container", "test_slurm"}
+
+
+def _make_pytest_args(target: str) -> list:
+    """The pytest arguments of a Makefile target (what follows ``python -m pytest``), less ``-n N``."""
+    recipe = _makefile_targets()[target]
+    (line,) = [line for line in recipe if "-m pytest" in line]
+    words = shlex.split(line)
+    args = words[words.index("pytest") + 1:]
+    while "-n" in args:  # xdist's worker count does not change the selection
+        index = args.index("-n")
+        del args[index:index + 2]
+    return args
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    """A project with this pyproject.toml (markers, addopts, testpaths) and the probe tests."""
+    root = tmp_path_factory.mktemp("selection")
+    shutil.copy(PYPROJECT, root / "pyproject.toml")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_probe.py").write_text(PROBE_TESTS)
+    return root
+
+
+def _selected(root: Path, args: list) -> set:
+    """Names of the probe tests that ``pytest ARGS`` selects, run in ``root``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return {line.split("::", 1)[1] for line in result.stdout.splitlines() if "::" in line}
+
+
+def test_plain_pytest_leaves_out_the_slow_tests(probe):
+    assert _selected(probe, []) == ALL_PROBES - {"test_slow", "test_slow_gpu"}
+
+
+def test_make_test_fast_is_what_plain_pytest_runs(probe):
+    args = _make_pytest_args("test-fast")
+    assert _selected(probe, args) == _selected(probe, [])
+
+
+def test_make_test_runs_every_test(probe):
+    """Its -m replaces the default one; the gpu, container and slurm tests skip themselves."""
+    args = _make_pytest_args("test")
+    assert "tests" in args
+    assert _selected(probe, args) == ALL_PROBES
+
+
+@pytest.mark.skipif(not CI_RUN.is_file(), reason=".ci/run is not beside the tests (e.g. inside the test image)")
+def test_ci_runs_make_test():
+    commands = [line.strip() for line in CI_RUN.read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    for target in ("test", "test-container", "test-slurm"):
+        assert f"make {target}" in commands, f".ci/run does not run make {target}"
+
+
+def test_every_test_file_named_by_ci_exists():
+    files = [MAKEFILE, CONFIG, *sorted((REPO_ROOT / "scripts" / "ci").glob("*.sh"))]
+    if CI_RUN.is_file():
+        files.append(CI_RUN)
+    named = {(path.name, match) for path in files
+             for match in re.findall(r"\btests/[\w/]+\.py\b", path.read_text())}
+    assert any(match == "tests/system/test_container_image.py" for _, match in named)
+    missing = sorted((name, match) for name, match in named if not (REPO_ROOT / match).is_file())
+    assert not missing, missing

@@ -11,7 +11,7 @@ import pytest
 
 from bids_denoise import __version__
 from bids_denoise.data import example_dataset
-from tests.test_reports_html import check_links
+from tests.reports.test_html import check_links
 
 pytestmark = pytest.mark.slow
 MULTISHELL = "sub-02_acq-multishell"
@@ -109,12 +109,10 @@ def test_boilerplate_only_writes_only_the_methods(tmp_path):
 
 
 def _ddm2_runnable() -> bool:
-    try:
-        import bids_denoise.interfaces.ddm2  # noqa: F401
-        from bids_denoise.cli.run import UNAVAILABLE_METHODS
-        from bids_denoise.workflows.dwi import METHODS
-    except ImportError:
-        return False
+    import bids_denoise.interfaces.ddm2  # noqa: F401
+    from bids_denoise.cli.run import UNAVAILABLE_METHODS
+    from bids_denoise.workflows.dwi import METHODS
+
     return "ddm2" in METHODS and "ddm2" not in UNAVAILABLE_METHODS
 
 

@@ -374,7 +374,7 @@ def test_output_inside_bids_exits_64(app, capsys):
 
 
 def test_ddm2_on_the_cpu_is_refused_without_force(app, capsys):
-    # the CPU guard (tests/test_workflows_ddm2.py checks it on real data, with the estimate)
+    # the CPU guard (tests/workflows/test_ddm2.py checks it on real data, with the estimate)
     assert main(app.argv("--method", "ddm2", "--device", "cpu")) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "DDM2 needs a CUDA GPU" in err and "--force" in err
@@ -477,6 +477,7 @@ def test_process_exit_status_for_version_and_usage(tmp_path):
     assert "bids-denoise: error:" in result.stderr
 
 
+@pytest.mark.slow  # two app processes: ~4-6 s
 def test_process_exit_status_for_missing_input_and_level(tmp_path):
     result = _run_cli(str(tmp_path / "absent"), str(tmp_path / "out"), "participant", cwd=tmp_path)
     assert result.returncode == EXIT_NO_INPUT
@@ -513,8 +514,8 @@ def _tiny_dataset(root: Path, subjects=("01", "02")) -> Path:
 @pytest.fixture
 def real_utils(tmp_path, monkeypatch):
     """Real utils.bids, utils.derivatives and boilerplate; only the workflow graph is faked."""
-    pytest.importorskip("bids_denoise.utils.bids")
-    pytest.importorskip("bids_denoise.utils.derivatives")
+    import bids_denoise.utils.bids  # noqa: F401
+    import bids_denoise.utils.derivatives  # noqa: F401
     (tmp_path / "fake").mkdir()
     fake = FakeApp(tmp_path / "fake")
     fake.bids = _tiny_dataset(tmp_path / "ds")
@@ -563,7 +564,8 @@ def test_real_utils_dataset_without_dwi_exits_66(real_utils):
 
 
 def _real_validator_or_skip():
-    validator = pytest.importorskip("bids_denoise.utils.validator")
+    from bids_denoise.utils import validator
+
     if validator.find_validator() is None:
         pytest.skip("bids-validator-deno is not installed")
 
@@ -606,7 +608,7 @@ def _nipype_wf_factory(fail):
     return init_bids_denoise_wf
 
 
-@pytest.mark.parametrize("plugin", ["MultiProc", "Linear"])
+@pytest.mark.parametrize("plugin", [pytest.param("MultiProc", marks=pytest.mark.slow), "Linear"])  # MultiProc: ~4.5 s
 def test_real_nipype_success_and_worker_threads(app, monkeypatch, plugin):
     monkeypatch.setattr(sys.modules["bids_denoise.workflows.base"], "init_bids_denoise_wf", _nipype_wf_factory(False))
     plugin_file = app.tmp / "plugin.yml"
@@ -619,6 +621,7 @@ def test_real_nipype_success_and_worker_threads(app, monkeypatch, plugin):
     assert loadpkl(results[0]).outputs.threads == "1"
 
 
+@pytest.mark.slow  # a real Nipype run: ~4 s
 def test_real_nipype_failure_exits_1_and_leaves_a_crash_file(app, monkeypatch, capsys):
     monkeypatch.setattr(sys.modules["bids_denoise.workflows.base"], "init_bids_denoise_wf", _nipype_wf_factory(True))
     assert main(app.argv("--nprocs", "1")) == EXIT_FAILURE

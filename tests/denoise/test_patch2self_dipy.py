@@ -15,7 +15,7 @@ import pytest
 
 from bids_denoise.denoise.patch2self import patch2self
 from bids_denoise.utils.threads import limit_threads
-from tests.test_denoise_patch2self import rel_err
+from tests.denoise.test_patch2self import rel_err
 
 pytestmark = pytest.mark.dipy
 

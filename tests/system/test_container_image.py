@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from tests.test_container_recipes import CACHE_VARS, PRODUCTION, parse_dockerfile
+from tests.system.test_container_recipes import CACHE_VARS, PRODUCTION, parse_dockerfile
 
 IMAGE = os.environ.get("BIDS_DENOISE_TEST_IMAGE")
 DOCKER = os.environ.get("DOCKER") or shutil.which("docker") or "docker"

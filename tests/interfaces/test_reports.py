@@ -58,6 +58,7 @@ def test_reportlets_of_a_run(denoised_series, tmp_path, monkeypatch):
     assert "DDM2" not in stats
 
 
+@pytest.mark.slow  # every reportlet plus the DDM2 plots: ~6 s
 def test_reportlets_with_ddm2_histories(denoised_series, tmp_path, monkeypatch):
     dwi, bval, den_file, _ = denoised_series
     monkeypatch.chdir(tmp_path)

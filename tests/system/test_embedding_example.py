@@ -7,7 +7,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-RECIPE = Path(__file__).parents[1] / "workflows" / "embed_denoising.py"
+RECIPE = Path(__file__).parents[2] / "workflows" / "embed_denoising.py"
 
 
 @pytest.mark.slow

@@ -282,7 +282,7 @@ def test_radial_pooling_with_a_regressor_object_matches_the_closed_form():
 def test_large_offsets_keep_exactness():
     """Values far from zero (10^5 plus a signal of about 100) lose no precision: each volume is
     stored minus a constant near its mean. (At radius > 0 the zero padding makes such data an
-    ill-posed regression; tests/test_denoise_patch2self_lagged.py checks the Gram itself.)"""
+    ill-posed regression; tests/denoise/test_patch2self_lagged.py checks the Gram itself.)"""
     data = noisy_dwi((7, 6, 5), B13, seed=43) + 1e5
     ours = run_p2s(data, B13, clip_negative_vals=False, out_dtype=np.float64)
     ref, _ = reference_patch2self(data, reference_groups(B13), 0)
