@@ -60,7 +60,7 @@ def isolated_app_state(monkeypatch):
     from nipype import config as nipype_config
 
     from bids_denoise import config
-    from bids_denoise.cli.run import THREAD_ENV_VARS
+    from bids_denoise.cli.workflow import THREAD_ENV_VARS
 
     for name in (*THREAD_ENV_VARS, "NIPYPE_NO_ET"):
         monkeypatch.setenv(name, "sentinel")

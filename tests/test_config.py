@@ -109,11 +109,16 @@ def test_default_paths_and_run_uuid():
     assert config.execution.run_uuid != first
 
 
-def test_parser_patch_radius_limit_matches_the_engine():
-    from bids_denoise.cli.parser import MAX_PATCH_RADIUS
+def test_patch_radius_limit_comes_from_the_registry():
+    from bids_denoise.denoise.methods.patch2self import MAX_PATCH_RADIUS
     from bids_denoise.denoise.patch2self import MAX_PATCH_RADIUS as ENGINE_MAX
 
     assert MAX_PATCH_RADIUS == ENGINE_MAX
+    config.workflow.load({"patch_radius": MAX_PATCH_RADIUS}, init=False)
+    assert config.workflow.patch_radius == (MAX_PATCH_RADIUS,) * 3
+    with pytest.raises(ValueError, match="patch_radius"):
+        config.workflow.load({"patch_radius": MAX_PATCH_RADIUS + 1}, init=False)
+    config.reset()
 
 
 def test_environment(monkeypatch):

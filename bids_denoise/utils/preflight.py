@@ -204,15 +204,16 @@ def estimate_runtime(runs_by_subject: dict, *, settings, n_threads: int):
     from bids_denoise.denoise.methods import get_method
 
     method = get_method(settings.method)
-    checks = [run.check for runs in runs_by_subject.values() for run in runs if getattr(run, "check", None)]
-    if method.check_runtime is None or not checks:
+    runs = [run for runs in runs_by_subject.values() for run in runs]
+    if method.check_runtime is None or not runs:
         return None
+    checks = [run.check for run in runs if getattr(run, "check", None) is not None]
     device = settings.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return method.check_runtime(checks, settings, device, n_threads)
+    return method.check_runtime(checks, settings, device, n_threads, n_runs=len(runs))
 
 
 def conflicting_outputs(run, output_dir, *, method: str, parameters: dict) -> list[str]:

@@ -134,16 +134,6 @@ def test_bids_filter_file_is_loaded(parse, dirs):
     assert config.execution.bids_filter_file == path
 
 
-@pytest.fixture(params=["shared", "fallback"])
-def filter_loader(request, monkeypatch):
-    """Run with utils.bids.load_bids_filters and with the parser's own loader (utils.bids unimportable)."""
-    if request.param == "shared":
-        import bids_denoise.utils.bids  # noqa: F401
-    else:
-        monkeypatch.setitem(sys.modules, "bids_denoise.utils.bids", None)  # import fails
-    return request.param
-
-
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -152,7 +142,7 @@ def filter_loader(request, monkeypatch):
         ('{"dwi": "sub-01"}', "dwi"),
     ],
 )
-def test_bad_bids_filter_file_exits_64_naming_the_file(parse, dirs, capsys, filter_loader, content, expected):
+def test_bad_bids_filter_file_exits_64_naming_the_file(parse, dirs, capsys, content, expected):
     path = dirs["tmp"] / "bad_filters.json"
     path.write_text(content)
     code, err = _usage_exit(capsys, parse, "--bids-filter-file", str(path))
@@ -162,7 +152,7 @@ def test_bad_bids_filter_file_exits_64_naming_the_file(parse, dirs, capsys, filt
     assert "usage:" in err
 
 
-def test_good_bids_filter_file_with_either_loader(parse, dirs, filter_loader):
+def test_good_bids_filter_file(parse, dirs):
     filters = {"dwi": {"session": ["1", "2"], "acquisition": None, "run": 1}}
     path = dirs["tmp"] / "filters.json"
     path.write_text(json.dumps(filters))
@@ -363,13 +353,21 @@ def test_bids_dir_that_is_a_file_raises_66(dirs):
         parse_args([str(afile), str(dirs["out"]), "participant", "-w", str(dirs["work"])])
 
 
-@pytest.mark.parametrize("where", [".", "derivatives/bids_denoise", "sub/deeper"])
+@pytest.mark.parametrize("where", [".", "derivatives", "sub/deeper", "sub-01/derivatives"])
 def test_output_dir_inside_bids_dir_raises_64(dirs, where):
     out = dirs["bids"] / where
     with pytest.raises(UsageError) as excinfo:
         parse_args([str(dirs["bids"]), str(out), "participant", "-w", str(dirs["work"])])
     assert excinfo.value.exit_code == EXIT_USAGE
-    assert "outside" in str(excinfo.value)
+    assert "outside" in str(excinfo.value) and "derivatives" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("where", ["derivatives/bids_denoise", "derivatives/denoised/v1"])
+def test_output_dir_in_the_datasets_derivatives_is_allowed(dirs, where):
+    """pybids and the BIDS validator skip derivatives/, where many users keep derivatives."""
+    out = dirs["bids"] / where
+    parse_args([str(dirs["bids"]), str(out), "participant", "-w", str(dirs["work"])])
+    assert config.execution.output_dir == out
 
 
 def test_output_dir_inside_bids_dir_through_a_symlink_raises_64(dirs):

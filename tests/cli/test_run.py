@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from bids_denoise import __version__, config
-import bids_denoise.cli.run as run_module
-from bids_denoise.cli.run import THREAD_ENV_VARS, main
+import bids_denoise.cli.workflow as workflow_module
+from bids_denoise.cli.run import main
+from bids_denoise.cli.workflow import THREAD_ENV_VARS
 from bids_denoise.errors import (
     EXIT_ANALYSIS_LEVEL,
     EXIT_EMPTY_SELECTION,
@@ -135,7 +136,7 @@ class FakeApp:
         self.workflow = FakeWorkflow(self)
         return self.workflow
 
-    def build_boilerplate(self):
+    def build_boilerplate(self, runs_by_subject=None):
         self.calls.append("build_boilerplate")
         return self.boilerplate
 
@@ -152,10 +153,12 @@ def _module(name, **attrs):
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     fake = FakeApp(tmp_path)
+    from bids_denoise.utils.bids import load_bids_filters
+
     monkeypatch.setitem(sys.modules, "bids_denoise.utils.validator",
                         _module("bids_denoise.utils.validator", validate_input_dataset=fake.validate_input_dataset))
     monkeypatch.setitem(sys.modules, "bids_denoise.utils.bids",
-                        _module("bids_denoise.utils.bids", init_layout=fake.init_layout,
+                        _module("bids_denoise.utils.bids", init_layout=fake.init_layout, load_bids_filters=load_bids_filters,
                                 collect_participants=fake.collect_participants, collect_dwi_runs=fake.collect_dwi_runs))
     monkeypatch.setitem(sys.modules, "bids_denoise.utils.derivatives",
                         _module("bids_denoise.utils.derivatives", write_derivative_description=fake.write_derivative_description,
@@ -164,8 +167,8 @@ def app(tmp_path, monkeypatch):
                         _module("bids_denoise.workflows.base", init_bids_denoise_wf=fake.init_bids_denoise_wf,
                                 build_boilerplate=fake.build_boilerplate))  # fmt: skip
     # Fake runs have no files: the per-run data checks have tests of their own.
-    monkeypatch.setattr(run_module, "preflight_runs", _accept_all_runs)
-    monkeypatch.setattr(run_module, "_mark_missing_outputs", lambda runs, statuses: None)
+    monkeypatch.setattr(workflow_module, "preflight", _accept_all_runs)
+    monkeypatch.setattr(workflow_module, "_mark_missing_outputs", lambda runs, statuses: None)
     return fake
 
 
@@ -368,7 +371,7 @@ def test_usage_errors_exit_64(app, capsys, extra):
 
 def test_output_inside_bids_exits_64(app, capsys):
     argv = app.argv()
-    argv[1] = str(app.bids / "derivatives" / "bids_denoise")
+    argv[1] = str(app.bids / "sub-01")
     assert main(argv) == EXIT_USAGE
     assert "outside" in capsys.readouterr().err
 
@@ -528,7 +531,7 @@ def real_utils(tmp_path, monkeypatch):
                                 build_boilerplate=build_boilerplate,
                                 denoising_parameters=denoising_parameters))  # fmt: skip
     # The fake workflow writes no derivatives.
-    monkeypatch.setattr(run_module, "_mark_missing_outputs", lambda runs, statuses: None)
+    monkeypatch.setattr(workflow_module, "_mark_missing_outputs", lambda runs, statuses: None)
     return fake
 
 

@@ -170,11 +170,8 @@ def test_run_workflow_draws_and_sinks_the_reportlets(example_run):
 
 def test_ddm2_histories_reach_the_reportlets(example_run):
     from bids_denoise import config
-    from bids_denoise.workflows import dwi
     from bids_denoise.workflows.base import init_run_wf
 
-    if "ddm2" not in dwi.METHODS:
-        pytest.skip("DDM2 is not available in this version")
     config.workflow.method = "ddm2"
     config.workflow.ddm2_preset = "smoke"
     _, _, incoming = _reportlet_edges(init_run_wf(example_run))

@@ -327,13 +327,13 @@ def test_thread_variables_default_to_one(dockerfile):
 
 
 def test_container_identity_fills_generated_by(dockerfile):
-    from bids_denoise.utils import derivatives
+    from bids_denoise import config
 
     env = dockerfile.env(PRODUCTION)
-    assert env[derivatives._CONTAINER_IMAGE_ENV] == _image_name(dockerfile)
-    assert env[derivatives._CONTAINER_TYPE_ENV] == "docker"
+    assert env[config.CONTAINER_ENV] == _image_name(dockerfile)
+    assert env[config.CONTAINER_TYPE_ENV] == "docker"
     # The test image does not pretend to be the released one.
-    assert derivatives._CONTAINER_IMAGE_ENV not in dockerfile.env("test")
+    assert config.CONTAINER_ENV not in dockerfile.env("test")
 
 
 def test_oci_labels(dockerfile):

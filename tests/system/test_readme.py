@@ -49,3 +49,19 @@ def test_workflows_readme_describes_every_recipe():
     assert recipes
     for recipe in recipes:
         assert recipe.relative_to(WORKFLOWS).as_posix() in readme, f"workflows/README.md does not mention {recipe}"
+
+
+def test_readme_states_the_registry_defaults():
+    """The README's tables agree with the registry the CLI reads (no 'paper (default)' drift)."""
+    from bids_denoise.denoise.methods import all_options
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    preset = all_options()["ddm2_preset"].default
+    assert f"| `{preset}` (default) |" in readme
+    assert readme.count("(default) |") == 1
+
+
+def test_makefile_offers_and_documents_the_torch_index_switch():
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "TORCH_INDEX_URL ?=" in makefile and '--index-url "$(TORCH_INDEX_URL)"' in makefile
+    assert "TORCH_INDEX_URL" in (REPO_ROOT / "README.md").read_text()

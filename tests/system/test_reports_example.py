@@ -110,10 +110,9 @@ def test_boilerplate_only_writes_only_the_methods(tmp_path):
 
 def _ddm2_runnable() -> bool:
     import bids_denoise.interfaces.ddm2  # noqa: F401
-    from bids_denoise.cli.run import UNAVAILABLE_METHODS
-    from bids_denoise.workflows.dwi import METHODS
+    from bids_denoise.denoise.methods import METHODS
 
-    return "ddm2" in METHODS and "ddm2" not in UNAVAILABLE_METHODS
+    return "ddm2" in METHODS
 
 
 @pytest.mark.skipif(not _ddm2_runnable(), reason="DDM2 is not available in this version")

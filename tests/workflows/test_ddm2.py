@@ -15,6 +15,7 @@ import pytest
 from bids_denoise import config
 from bids_denoise.data import example_dataset
 from bids_denoise.denoise.ddm2 import ddm2_denoise
+from bids_denoise.denoise.methods.ddm2 import overrides
 from bids_denoise.denoise.shells import group_volumes
 from bids_denoise.errors import EXIT_USAGE
 from bids_denoise.interfaces.ddm2 import DDM2
@@ -26,7 +27,7 @@ MULTISHELL = Path("sub-02") / "dwi" / "sub-02_acq-multishell_dwi.nii.gz"
 
 
 def test_ddm2_graph_keeps_the_contract_and_passes_the_settings(tmp_path):
-    wf = init_dwi_denoise_wf(method="ddm2", ddm2_preset="fast", ddm2_overrides=dict(flips=2, stage1_steps=None),
+    wf = init_dwi_denoise_wf(method="ddm2", ddm2_preset="fast", ddm2_flips=2, ddm2_stage1_steps=None,
                              seed=7, ddm2_save_model=True, checkpoint_root=str(tmp_path / "ddm2" / "run"),
                              omp_nthreads=2)
     p2s = init_dwi_denoise_wf()
@@ -43,7 +44,7 @@ def test_ddm2_graph_keeps_the_contract_and_passes_the_settings(tmp_path):
     assert inputs.preset == "fast" and inputs.flips == 2 and inputs.seed == 7 and inputs.save_model
     assert inputs.num_threads == 2
     edges = {(u.name, v.name) for u, v in wf._graph.edges()}
-    assert {("split_shells", "ddm2_groups"), ("ddm2_groups", "denoise"), ("denoise", "merge_shells")} <= edges
+    assert {("split_shells", "group_labels"), ("group_labels", "denoise"), ("denoise", "merge_shells")} <= edges
 
 
 def test_workflow_denoises_every_shell_with_its_own_model_and_resumes(multishell_series, tmp_path):
@@ -51,7 +52,8 @@ def test_workflow_denoises_every_shell_with_its_own_model_and_resumes(multishell
     root = tmp_path / "ddm2" / "run"
 
     def run(base):
-        wf = init_dwi_denoise_wf(method="ddm2", ddm2_preset="smoke", ddm2_overrides=TINY, checkpoint_root=str(root),
+        wf = init_dwi_denoise_wf(method="ddm2", ddm2_preset="smoke", **{f"ddm2_{k}": v for k, v in TINY.items()},
+                                 checkpoint_root=str(root),
                                  omp_nthreads=1, min_shell_volumes=1)
         wf.base_dir = str(base)
         for field, path in zip(("dwi_file", "bval_file", "bvec_file"), paths):
@@ -91,7 +93,7 @@ def test_config_round_trips_the_ddm2_settings(tmp_path):
         assert (wf.ddm2_preset, wf.ddm2_stage3_steps, wf.ddm2_sampling_steps, wf.ddm2_flips) == ("fast", 5000, 0, 4)
         assert wf.ddm2_stage1_steps is None and wf.ddm2_precision is None
         assert wf.seed == 11 and wf.force is True and wf.ddm2_save_model is True
-        assert wf.ddm2_overrides() == {"stage3_steps": 5000, "sampling_steps": 0, "flips": 4}
+        assert overrides(wf) == {"stage3_steps": 5000, "sampling_steps": 0, "flips": 4}
         from bids_denoise.workflows.base import denoising_parameters
 
         parameters = denoising_parameters()
@@ -127,9 +129,10 @@ def _argv(bids, tmp_path, *extra):
 def test_cli_refuses_ddm2_on_the_cpu_with_the_estimate(small_bids, tmp_path, isolated_app_state, capsys,
                                                        monkeypatch):
     from bids_denoise.cli import run as run_module
+    from bids_denoise.cli import workflow as workflow_module
 
     started = []
-    monkeypatch.setattr(run_module, "run_participant_level", lambda *args: started.append(args) or 0)
+    monkeypatch.setattr(workflow_module, "run_participant_level", lambda *args: started.append(args) or 0)
     assert run_module.main(_argv(small_bids, tmp_path, "--device", "cpu")) == EXIT_USAGE
     err = capsys.readouterr().err
     # The default preset (fast) is refused too, with its estimate in hours or days.
@@ -152,7 +155,7 @@ def test_parser_fills_the_ddm2_settings(small_bids, tmp_path, isolated_app_state
                      "--ddm2-save-model", "--seed", "5", "--force"))
     wf = config.workflow
     assert wf.method == "ddm2" and wf.ddm2_preset == "fast" and wf.seed == 5 and wf.force and wf.ddm2_save_model
-    assert wf.ddm2_overrides() == {"stage1_steps": 100, "stage3_steps": 200, "sampling_steps": 0, "batch_size": 8,
+    assert overrides(wf) == {"stage1_steps": 100, "stage3_steps": 200, "sampling_steps": 0, "batch_size": 8,
                                    "inference_batch_size": 4, "flips": 2, "precision": "fp32"}
     with pytest.raises(SystemExit) as exc:
         parse_args(_argv(small_bids, tmp_path, "--ddm2-flips", "3"))

@@ -41,9 +41,7 @@ from dataclasses import dataclass, field
 from bids_denoise.denoise.ddm2.schedule import BETA_END, BETA_START, N_TIMESTEPS, RAMP_FRACTION
 from bids_denoise.denoise.ddm2.unet import NetworkSettings, forward_flops
 
-PRESETS = ("paper", "fast", "smoke")
-PRECISIONS = ("fp32", "bf16")
-FLIP_COUNTS = (1, 2, 4)
+from bids_denoise.denoise.methods.ddm2 import FLIP_COUNTS, PRECISIONS, PRESETS  # noqa: E402 - one source
 #: Overridable counts (keyword -> settings field), as exposed on the command line.
 COUNT_OVERRIDES = (
     "stage1_steps", "stage3_steps", "sampling_steps", "batch_size", "flips", "inference_batch_size",

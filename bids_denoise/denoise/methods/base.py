@@ -156,9 +156,9 @@ class Method:
     parameters : callable, optional
         ``parameters(settings) -> dict`` of extra sidecar entries beyond the options'.
     check_runtime : callable, optional
-        ``check_runtime(runs, settings, device, n_threads)``: estimate the run time of the
-        selected runs (``RunCheck``s), log it, and raise ``UsageError`` when the run should not
-        start (e.g. days on a CPU).
+        ``check_runtime(runs, settings, device, n_threads, n_runs)``: estimate the run time of
+        the selected runs (their ``RunCheck``s; ``n_runs`` counts them all, checked or not), log
+        it, and raise ``UsageError`` when the run should not start (e.g. days on a CPU).
     """
 
     name: str

@@ -121,8 +121,12 @@ def parameters(settings) -> dict:
     return values
 
 
-def check_runtime(runs, settings, device: str, n_threads: int) -> float:
-    """Log the estimated time of the selected runs; refuse a CPU run unless smoke or --force."""
+def check_runtime(runs, settings, device: str, n_threads: int, n_runs: int | None = None) -> float:
+    """Log the estimated time of the selected runs; refuse a CPU run unless smoke or --force.
+
+    ``runs`` are the checks of the runs whose shape and b-values are known; ``n_runs`` counts
+    every selected run (default: as many as ``runs``).
+    """
     from bids_denoise.denoise.ddm2.settings import estimate_series_seconds, format_duration
     from bids_denoise.errors import UsageError
 
@@ -132,8 +136,9 @@ def check_runtime(runs, settings, device: str, n_threads: int) -> float:
                                 grouping=settings.shell_grouping, **overrides(settings))
         for run in runs
     )
+    duration = f"about {format_duration(total)}" if runs else "an unknown time"
     estimate = (f"DDM2 with preset '{settings.ddm2_preset}' on the {device.upper()} is estimated to take "
-                f"about {format_duration(total)} for {len(runs)} run(s), one model per shell")
+                f"{duration} for {n_runs or len(runs)} run(s), one model per shell")
     if device == "cpu" and settings.ddm2_preset != "smoke" and not settings.force:
         raise UsageError(
             f"{estimate}. DDM2 needs a CUDA GPU (in a container: docker run --gpus all, or apptainer "

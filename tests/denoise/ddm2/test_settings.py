@@ -53,13 +53,20 @@ def test_overrides_replace_only_what_is_given():
         DDM2Settings(preset="slow")
 
 
-def test_the_config_knows_the_same_choices_as_the_engine():
-    assert config.DDM2_PRESETS == ddm2_settings.PRESETS
-    assert config.DDM2_PRECISIONS == ddm2_settings.PRECISIONS
-    assert config.DDM2_FLIPS == ddm2_settings.FLIP_COUNTS
-    assert {name[len("ddm2_"):] for name in config.DDM2_COUNTS} == set(ddm2_settings.COUNT_OVERRIDES)
+def test_the_registry_options_are_engine_settings():
+    """Every DDM2 option of the registry that overrides a preset names a DDM2Settings field, and
+    the config offers exactly the engine's choices."""
+    from bids_denoise.denoise.methods import ddm2 as registry
+
     fields = {f.name for f in dataclasses.fields(DDM2Settings)}
-    assert set(ddm2_settings.COUNT_OVERRIDES) <= fields
+    assert set(registry.OVERRIDES) <= fields
+    assert set(ddm2_settings.COUNT_OVERRIDES) <= set(registry.OVERRIDES)
+    options = {option.name: option for option in registry.OPTIONS}
+    assert options["ddm2_preset"].choices == ddm2_settings.PRESETS
+    assert options["ddm2_precision"].choices == ddm2_settings.PRECISIONS
+    assert options["ddm2_flips"].choices == ddm2_settings.FLIP_COUNTS
+    for name in ("ddm2_preset", "ddm2_flips", "seed"):
+        assert name in config.workflow._fields()
 
 
 def test_cost_model_matches_the_notes():
