@@ -58,6 +58,7 @@ CONTAINER_TYPE_ENV = "BIDS_DENOISE_CONTAINER_TYPE"
 #: Log level used when ``-v`` is not given (between INFO and WARNING, as in fMRIPrep).
 IMPORTANT = 25
 DEVICES = ("auto", "cpu", "cuda")
+RICIAN_CORRECTIONS = ("none", "mean", "moments")
 #: Nipype plugins that take ``n_procs``/``memory_gb`` in their ``plugin_args``.
 MULTIPROC_PLUGINS = ("MultiProc", "LegacyMultiProc")
 #: Default cap of threads per process (``--omp-nthreads``).
@@ -352,10 +353,14 @@ class workflow(_Config):
     """``shell``: denoise each shell separately; ``all``: pool all diffusion-weighted volumes."""
     b0_denoising = True
     """Denoise the b0 volumes (as their own group)."""
+    rician_correction = "none"
+    """Remove the Rician noise floor after denoising: ``none``, ``mean`` or ``moments``
+    (:mod:`bids_denoise.denoise.rician`), with MP-PCA's noise-sigma map."""
     device = "auto"
     """PyTorch device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
 
-    _choices = {"method": tuple(METHODS), "shell_grouping": GROUPINGS, "device": DEVICES}
+    _choices = {"method": tuple(METHODS), "shell_grouping": GROUPINGS, "device": DEVICES,
+                "rician_correction": RICIAN_CORRECTIONS}
 
     @classmethod
     def _coerce(cls, name, value):

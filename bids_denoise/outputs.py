@@ -84,6 +84,12 @@ RUN_OUTPUTS = (
     Output("noise", "3D map of the residual's root mean square over the denoised volumes, with a sidecar",
            desc="noise", suffix="dwimap", extension=".nii.gz", sidecar=True,
            bidsignore=("*_dwimap.nii.gz", "*_dwimap.json")),
+    Output("sigma", "3D map of the noise standard deviation from MP-PCA (--method mppca, or the Rician "
+           "correction), in the input's units, with a sidecar", desc="sigma", suffix="dwimap",
+           extension=".nii.gz", sidecar=True, bidsignore=("*_dwimap.nii.gz", "*_dwimap.json")),
+    Output("rank", "MP-PCA's number of signal components per voxel, one volume per volume group "
+           "(--method mppca), with a sidecar", desc="rank", suffix="dwimap", extension=".nii.gz",
+           sidecar=True, bidsignore=("*_dwimap.nii.gz", "*_dwimap.json")),
     Output("model", "the trained networks of every group (--ddm2-save-model), a PyTorch file",
            desc="ddm2", suffix="model", extension=".pt", bidsignore=("*_model.pt",), method="ddm2"),
 )
@@ -102,9 +108,9 @@ OUTPUTS = {output.key: output for output in (*RUN_OUTPUTS, *DATASET_OUTPUTS)}
 
 
 def bidsignore_lines(keys=None) -> tuple[str, ...]:
-    """``.bidsignore`` lines of the outputs ``keys`` (default: every output of every run)."""
+    """``.bidsignore`` lines of the outputs ``keys`` (default: every output of every run), each once."""
     chosen = [OUTPUTS[key] for key in keys] if keys is not None else [o for o in OUTPUTS.values() if not o.method]
-    return tuple(line for output in chosen for line in output.bidsignore)
+    return tuple(dict.fromkeys(line for output in chosen for line in output.bidsignore))
 
 
 __all__ = ["DATASET_OUTPUTS", "OUTPUTS", "Output", "RUN_OUTPUTS", "bidsignore_lines"]

@@ -220,7 +220,7 @@ def test_workflow_values_are_normalised_and_checked():
     with pytest.raises(ValueError):
         config.from_dict({"workflow": {"patch_radius": 4}})
     with pytest.raises(ValueError):
-        config.from_dict({"workflow": {"method": "mppca"}})
+        config.from_dict({"workflow": {"method": "nlmeans"}})
     with pytest.raises(ValueError):
         config.from_dict({"workflow": {"p2s_alpha": 0}})
     with pytest.raises(ValueError):

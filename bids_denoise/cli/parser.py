@@ -236,6 +236,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "Default: shell.",
     )
     g_method.add_argument(
+        "--rician-correction",
+        dest="rician_correction",
+        choices=config.RICIAN_CORRECTIONS,
+        default="none",
+        help="Remove the Rician noise floor that every denoiser leaves in low signal (it biases MD "
+        "and FA), using MP-PCA's map of the noise standard deviation (computed over all volumes "
+        "unless the method is mppca): 'mean' inverts the Rician mean, which is what a denoised "
+        "value estimates; 'moments' is the method-of-moments correction sqrt(S^2 - 2 sigma^2). "
+        "Default: none.",
+    )
+    g_method.add_argument(
         "--no-b0-denoising",
         dest="b0_denoising",
         action="store_false",
@@ -513,6 +524,7 @@ def parse_args(args=None) -> argparse.Namespace:
                 "shell_tolerance": opts.shell_tolerance,
                 "shell_grouping": opts.shell_grouping,
                 "b0_denoising": opts.b0_denoising,
+                "rician_correction": opts.rician_correction,
                 "device": opts.device,
                 **method_options,
             },

@@ -38,10 +38,23 @@ class _DenoisingMetadataInputSpec(BaseInterfaceInputSpec):
 class _DenoisingMetadataOutputSpec(TraitedSpec):
     dwi_metadata = traits.Dict(desc="sidecar of the denoised series")
     noise_metadata = traits.Dict(desc="sidecar of the noise map")
+    sigma_metadata = traits.Dict(desc="sidecar of the MP-PCA noise-sigma map")
+    rank_metadata = traits.Dict(desc="sidecar of the MP-PCA rank maps")
+
+
+#: What each map is, for its sidecar's Description (``{method}``: the method's label).
+MAP_DESCRIPTIONS = {
+    "noise": "Root mean square over the denoised volumes of the {method} residual (noisy minus "
+             "denoised signal), in the units of the input series.",
+    "sigma": "Noise standard deviation estimated by MP-PCA from the Marchenko-Pastur bulk of the "
+             "eigenvalues of local windows, over the denoised volumes, in the units of the input series.",
+    "rank": "Number of principal components MP-PCA kept as signal in the windows around each voxel; "
+            "one volume per volume group, in the order of VolumeGroups.",
+}
 
 
 class DenoisingMetadata(SimpleInterface):
-    """Build the sidecars of the denoised series and of its noise map."""
+    """Build the sidecars of the denoised series and of its maps."""
 
     input_spec = _DenoisingMetadataInputSpec
     output_spec = _DenoisingMetadataOutputSpec
@@ -50,11 +63,12 @@ class DenoisingMetadata(SimpleInterface):
         method = METHODS[self.inputs.method].label
         groups = []
         b0_denoising = bool(self.inputs.parameters.get("B0Denoising", True))
+        min_volumes = METHODS[self.inputs.method].min_group_volumes
         for group, n_denoised, device, seconds in zip(
             self.inputs.groups, self.inputs.n_denoised, self.inputs.devices, self.inputs.run_times
         ):
             entry = {**group, "Denoised": n_denoised > 0, "Device": device, "RunTime": seconds}
-            notes = group_decisions(_as_volume_group(group), b0_denoising=b0_denoising)
+            notes = group_decisions(_as_volume_group(group), b0_denoising=b0_denoising, min_volumes=min_volumes)
             if notes:
                 entry["Notes"] = notes
             groups.append(entry)
@@ -83,15 +97,13 @@ class DenoisingMetadata(SimpleInterface):
             "SkullStripped": False,
             **provenance,
         }
-        self._results["noise_metadata"] = {
-            "Description": (
-                f"Root mean square over the denoised volumes of the {method} residual "
-                "(noisy minus denoised signal), in the units of the input series."
-            ),
-            "Sources": list(self.inputs.sources),
-            "SkullStripped": False,
-            **provenance,
-        }
+        for key, text in MAP_DESCRIPTIONS.items():
+            self._results[f"{key}_metadata"] = {
+                "Description": text.format(method=method),
+                "Sources": list(self.inputs.sources),
+                "SkullStripped": False,
+                **provenance,
+            }
         return runtime
 
 

@@ -36,6 +36,8 @@ class _DenoisingReportletsInputSpec(BaseInterfaceInputSpec):
     groups = traits.List(traits.Dict, mandatory=True, desc="volume groups from SplitShells")
     noise_file = File(exists=True, desc="3D noise map (residual RMS)")
     history_files = InputMultiObject(File(exists=True), desc="DDM2 history JSON, one per group")
+    sigma_file = File(exists=True, desc="MP-PCA noise-sigma map (3D)")
+    rank_file = File(exists=True, desc="MP-PCA rank maps (4D, one volume per group)")
     b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b <= threshold is a b0")
     method = traits.Str("patch2self", usedefault=True, desc="denoiser, for titles")
     title = traits.Str(desc="run name shown in figure titles")
@@ -79,11 +81,17 @@ class DenoisingReportlets(SimpleInterface):
             if noise.shape != raw.shape[:3]:
                 LOGGER.warning("%s: noise map shape %s does not fit; not shown", self.inputs.noise_file, noise.shape)
                 noise = None
+        maps = {}
+        for name in ("sigma", "rank"):
+            path = getattr(self.inputs, f"{name}_file")
+            if isdefined(path):
+                maps[name] = np.asarray(nb.as_closest_canonical(nb.load(path)).dataobj, dtype=np.float32)
         title = self.inputs.title if isdefined(self.inputs.title) else Path(self.inputs.in_file).name
         made, stats = draw_reportlets(
             raw, denoised, bvals, [dict(g) for g in self.inputs.groups], Path(runtime.cwd), zooms=zooms,
             title=title, b0_threshold=self.inputs.b0_threshold, noise=noise,
             history_files=list(self.inputs.history_files) if isdefined(self.inputs.history_files) else [],
+            sigma=maps.get("sigma"), ranks=maps.get("rank"),
         )
         stats.update(
             Method=self.inputs.method,

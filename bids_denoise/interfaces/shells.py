@@ -120,10 +120,46 @@ class MergeShells(SimpleInterface):
 
     def _merge_noise(self, reference, cwd):
         weights = self.inputs.noise_weights if isdefined(self.inputs.noise_weights) else []
-        if len(weights) != len(self.inputs.noise_files):
-            weights = [1] * len(self.inputs.noise_files)
-        total = np.zeros(reference.shape[:3], dtype=np.float64)
-        for path, weight in zip(self.inputs.noise_files, weights):
-            total += weight * np.asanyarray(nb.load(path).dataobj, dtype=np.float64) ** 2
-        noise = np.sqrt(total / max(sum(weights), 1)).astype(np.float32)
+        noise = weighted_rms(self.inputs.noise_files, weights, reference.shape[:3])
         return save_like(reference, noise, cwd, "noise_dwimap.nii.gz")
+
+
+def weighted_rms(paths, weights, shape) -> np.ndarray:
+    """Root of the ``weights``-weighted mean of the squared 3D maps (equal weights if they do
+    not fit): the level of noise over the volumes of several groups."""
+    if len(weights) != len(paths):
+        weights = [1] * len(paths)
+    total = np.zeros(shape, dtype=np.float64)
+    for path, weight in zip(paths, weights):
+        total += weight * np.asanyarray(nb.load(path).dataobj, dtype=np.float64) ** 2
+    return np.sqrt(total / max(sum(weights), 1)).astype(np.float32)
+
+
+class _MergeGroupMapsInputSpec(BaseInterfaceInputSpec):
+    sigma_files = InputMultiObject(File(exists=True), desc="3D noise-sigma map of each group")
+    rank_files = InputMultiObject(File(exists=True), desc="3D signal-rank map of each group")
+    weights = traits.List(traits.Int, desc="denoised volumes behind each group's maps")
+    reference_file = File(exists=True, mandatory=True, desc="the original series (header and affine)")
+
+
+class _MergeGroupMapsOutputSpec(TraitedSpec):
+    sigma_file = File(desc="noise sigma over all denoised volumes (RMS weighted by volumes)")
+    rank_file = File(desc="4D: the rank map of each group, in group order")
+
+
+class MergeGroupMaps(SimpleInterface):
+    """One noise-sigma map and one stack of rank maps from the per-group maps of a method."""
+
+    input_spec = _MergeGroupMapsInputSpec
+    output_spec = _MergeGroupMapsOutputSpec
+
+    def _run_interface(self, runtime):
+        reference = nb.load(self.inputs.reference_file)
+        weights = self.inputs.weights if isdefined(self.inputs.weights) else []
+        if isdefined(self.inputs.sigma_files) and self.inputs.sigma_files:
+            sigma = weighted_rms(self.inputs.sigma_files, weights, reference.shape[:3])
+            self._results["sigma_file"] = save_like(reference, sigma, runtime.cwd, "sigma_dwimap.nii.gz")
+        if isdefined(self.inputs.rank_files) and self.inputs.rank_files:
+            ranks = np.stack([np.asanyarray(nb.load(p).dataobj, dtype=np.float32) for p in self.inputs.rank_files], -1)
+            self._results["rank_file"] = save_like(reference, ranks, runtime.cwd, "rank_dwimap.nii.gz")
+        return runtime

@@ -144,13 +144,15 @@ def _b0_sentence(settings, survey: list[dict]) -> str:
         return "None of the series had b=0 volumes."
     if not settings.b0_denoising:
         return "The b=0 volumes were not denoised: they were copied through unchanged."
-    few = [s for s in survey if 0 < s["n_b0"] < MIN_GROUP_VOLUMES]
+    method = METHODS.get(str(getattr(settings, "method", "")))
+    minimum = method.min_group_volumes if method else MIN_GROUP_VOLUMES
+    few = [s for s in survey if 0 < s["n_b0"] < minimum]
     note = ""
     if few:
         single = all(s["n_b0"] == 1 for s in few)
         note = (f" (in {_plural(len(few), 'series', 'series')} with "
-                f"{'a single b=0 volume it was' if single else f'fewer than {MIN_GROUP_VOLUMES} b=0 volumes they were'}"
-                f" left unchanged, as at least {MIN_GROUP_VOLUMES} are needed)")
+                f"{'a single b=0 volume it was' if single else f'fewer than {minimum} b=0 volumes they were'}"
+                f" left unchanged, as at least {minimum} are needed)")
     return f"The b=0 volumes were denoised as a group of their own, from each other{note}."
 
 
@@ -159,6 +161,18 @@ def _method_sentence(settings) -> str:
     """The sentence describing the configured denoiser and all of its parameters."""
     method = METHODS.get(str(getattr(settings, "method", "patch2self")))
     return method.sentence(settings) if method else f"Denoising used {getattr(settings, 'method', '?')}."
+
+
+def _rician_sentence(settings) -> str:
+    correction = str(getattr(settings, "rician_correction", "none"))
+    if correction == "none":
+        return ""
+    source = ("MP-PCA's own map" if getattr(settings, "method", "") == "mppca"
+              else "a map from MP-PCA [@veraart2016] over all volumes")
+    how = ("by inverting the mean of the Rician distribution [@koay2006]" if correction == "mean"
+           else "with the method-of-moments correction [@gudbjartsson1995]")
+    return (f"The Rician noise floor was then removed from the denoised series {how}, with the noise "
+            f"standard deviation of {source}.")
 
 
 # ---------------------------------------------------------------------------- the paragraph
@@ -224,12 +238,13 @@ def build_boilerplate(settings=None, runs=None, *, version: str | None = None) -
         _grouping_sentence(settings, survey),
         _b0_sentence(settings, survey),
         _method_sentence(settings),
+        _rician_sentence(settings),
         "The denoised volumes were put back in their acquisition order, and the residuals (raw minus "
         "denoised) were summarised per voxel as a noise map.",
         "The workflow was built with Nipype [@nipype]; data were indexed with PyBIDS [@pybids] and read "
         "and written with NiBabel [@nibabel].",
     ]
-    return "### Diffusion MRI denoising\n\n" + " ".join(sentences) + "\n"
+    return "### Diffusion MRI denoising\n\n" + " ".join(sentence for sentence in sentences if sentence) + "\n"
 
 
 # -------------------------------------------------------------------------------- citations

@@ -275,6 +275,32 @@ def plot_brainmask(reference, mask, zooms, out_file, *, noise=None, title: str =
     return save(fig, out_file)
 
 
+def plot_mppca_maps(sigma, ranks, labels, mask, zooms, out_file, *, title: str = "") -> Path:
+    """MP-PCA's noise-sigma map and each volume group's rank map, on the axial slice of the
+    mask's middle (rank maps: 4D, one volume per group, in ``labels`` order)."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    ranks = np.asarray(ranks, dtype=np.float64).reshape(sigma.shape + (-1,))
+    mask = np.asarray(mask, dtype=bool)
+    view, axis, columns_rows = VIEWS[0]
+    (index,) = choose_slices(mask, axis, 1)
+    extent = _extent(sigma.shape, zooms, columns_rows)
+    panels = [("noise sigma", sigma, "magma")] + [(f"rank, {label}", ranks[..., k], "viridis")
+                                                  for k, label in enumerate(labels[: ranks.shape[3]])]
+    fig = new_figure(3.0 * len(panels) + 0.8, 3.8)
+    for k, (name, volume, cmap) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        inside = volume[mask] if mask.any() else volume.ravel()
+        high = float(np.percentile(inside, 99)) if inside.size else 1.0
+        image = ax.imshow(_slice(volume, axis, index, columns_rows), origin="lower", extent=extent, cmap=cmap,
+                          vmin=0, vmax=high if high > 0 else 1.0, interpolation="nearest")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        _bare(ax)
+        ax.set_title(f"{name}\n({view}, {'xyz'[axis]}={index})", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save(fig, out_file)
+
+
 # --------------------------------------------------------------------------------- line plots
 def _groups(stats: Mapping) -> list[Mapping]:
     return list(stats.get("Groups") or [])

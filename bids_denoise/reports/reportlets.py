@@ -18,7 +18,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 def draw_reportlets(raw, denoised, bvals, groups, out: Path, *, zooms, title: str, b0_threshold: float,
-                    noise=None, history_files=()) -> tuple[list, dict]:
+                    noise=None, history_files=(), sigma=None, ranks=None) -> tuple[list, dict]:
     """Draw every reportlet of one run into ``out``.
 
     Parameters
@@ -41,6 +41,8 @@ def draw_reportlets(raw, denoised, bvals, groups, out: Path, *, zooms, title: st
         The noise map, shown next to the brain mask.
     history_files : sequence of str
         DDM2 training histories, one per group, in group order.
+    sigma, ranks : ndarray, optional
+        MP-PCA's noise-sigma map (3D) and rank maps (4D, one volume per group).
 
     Returns
     -------
@@ -75,6 +77,10 @@ def draw_reportlets(raw, denoised, bvals, groups, out: Path, *, zooms, title: st
     made.append(("residualcorr", figures.plot_residual_correlation(
         stats, out / "residualcorr.svg", title=f"{title}: residual-versus-signal correlation")))
     made.append(("sigma", figures.plot_sigma_snr(stats, out / "sigma.svg", title=f"{title}: noise and SNR")))
+    if sigma is not None and ranks is not None:
+        labels = [str(group["Label"]) for group in groups]
+        made.append(("mppcamaps", figures.plot_mppca_maps(sigma, ranks, labels, mask, zooms, out / "mppcamaps.png",
+                                                          title=f"{title}: MP-PCA noise and signal rank")))
     if history_files:
         made += _ddm2_figures(list(history_files), groups, out, title, stats)
     return made, stats

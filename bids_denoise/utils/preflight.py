@@ -89,15 +89,15 @@ def check_bvecs(bvec_file: Path, bvals: np.ndarray, b0_threshold: float, dwi_fil
 
 
 def check_run(run, *, b0_threshold: float, patch_radius=(0, 0, 0), grouping: str = "shell",
-              shell_tolerance: float = 100.0, b0_denoising: bool = True) -> RunCheck:
+              shell_tolerance: float = 100.0, b0_denoising: bool = True, min_group_volumes: int = 3) -> RunCheck:
     """Check that ``run`` can be denoised; raise a named error if it cannot.
 
     Parameters
     ----------
     run : DWIRun
         The run, as discovered (``bval_file``/``bvec_file`` may be None if missing).
-    b0_threshold, patch_radius, grouping, shell_tolerance, b0_denoising
-        The settings the run will be processed with.
+    b0_threshold, patch_radius, grouping, shell_tolerance, b0_denoising, min_group_volumes
+        The settings the run will be processed with (the last one is the method's).
 
     Returns
     -------
@@ -144,7 +144,7 @@ def check_run(run, *, b0_threshold: float, patch_radius=(0, 0, 0), grouping: str
             )
     groups = group_volumes(bvals, b0_threshold=b0_threshold, grouping=grouping, shell_tolerance=shell_tolerance)
     decisions = [f"group {group.label}: {note}" for group in groups
-                 for note in group_decisions(group, b0_denoising=b0_denoising)]
+                 for note in group_decisions(group, b0_denoising=b0_denoising, min_volumes=min_group_volumes)]
     return RunCheck(shape=tuple(int(s) for s in img.shape), largest_group=max(group.size for group in groups),
                     warnings=warnings, decisions=decisions, bvals=bvals, groups=groups)
 
@@ -181,7 +181,7 @@ def preflight_runs(runs_by_subject: dict, *, settings, output_dir, mem_gb=None, 
                 check = check_run(run, b0_threshold=settings.b0_threshold,
                                   patch_radius=getattr(settings, "patch_radius", (0, 0, 0)),
                                   grouping=settings.shell_grouping, shell_tolerance=settings.shell_tolerance,
-                                  b0_denoising=settings.b0_denoising)
+                                  b0_denoising=settings.b0_denoising, min_group_volumes=method.min_group_volumes)
             except BidsDenoiseError as err:
                 if stop_on_first_crash:
                     raise

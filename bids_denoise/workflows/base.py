@@ -12,6 +12,9 @@ from bids_denoise.interfaces.bids import DerivativesDataSink
 from bids_denoise.interfaces.metadata import DenoisingMetadata
 from bids_denoise.interfaces.reports import DenoisingReportlets, ReportletsSink
 from bids_denoise.outputs import OUTPUTS
+
+#: Maps a run may have (the outputnode field ``<key>_file``), sunk with their sidecars.
+MAP_KEYS = ("noise", "sigma", "rank")
 from bids_denoise.utils.derivatives import bids_uri
 from bids_denoise.workflows.dwi import init_dwi_denoise_wf
 
@@ -96,6 +99,7 @@ def init_run_wf(run):
         shell_tolerance=settings.shell_tolerance,
         shell_grouping=settings.shell_grouping,
         b0_denoising=settings.b0_denoising,
+        rician_correction=settings.rician_correction,
         device=settings.device,
         checkpoint_root=checkpoint_root(run),
         omp_nthreads=config.nipype.omp_nthreads,
@@ -128,7 +132,8 @@ def init_run_wf(run):
             run_without_submitting=True,
             mem_gb=0.1,
         )
-        for key in ("dwi", "bval", "bvec", "noise")
+        for key in ("dwi", "bval", "bvec", *MAP_KEYS)
+        if key not in MAP_KEYS or f"{key}_file" in denoise_wf.get_node("outputnode").inputs.copyable_trait_names()
     }
     workflow.connect([
         (denoise_wf, metadata, [
@@ -139,9 +144,13 @@ def init_run_wf(run):
         (metadata, nodes["ds_dwi"], [("dwi_metadata", "meta_dict")]),
         (denoise_wf, nodes["ds_bval"], [("outputnode.bval_file", "in_file")]),
         (denoise_wf, nodes["ds_bvec"], [("outputnode.bvec_file", "in_file")]),
-        (denoise_wf, nodes["ds_noise"], [("outputnode.noise_file", "in_file")]),
-        (metadata, nodes["ds_noise"], [("noise_metadata", "meta_dict")]),
     ])  # fmt:skip
+    for key in MAP_KEYS:
+        if f"ds_{key}" in nodes:
+            workflow.connect([
+                (denoise_wf, nodes[f"ds_{key}"], [(f"outputnode.{key}_file", "in_file")]),
+                (metadata, nodes[f"ds_{key}"], [(f"{key}_metadata", "meta_dict")]),
+            ])  # fmt:skip
     _add_reportlets(workflow, denoise_wf, run, shape)
     if OUTPUTS["model"].method == settings.method and getattr(settings, f"{settings.method}_save_model", False):
         _add_model_sink(workflow, denoise_wf, run)
@@ -185,6 +194,11 @@ def _add_reportlets(workflow, denoise_wf, run, shape) -> None:
         ]),
     ])  # fmt:skip
     connect_ddm2_history(workflow, denoise_wf, reportlets)
+    fields = denoise_wf.get_node("outputnode").inputs.copyable_trait_names()
+    if "rank_file" in fields:  # MP-PCA's maps
+        workflow.connect([
+            (denoise_wf, reportlets, [("outputnode.sigma_file", "sigma_file"), ("outputnode.rank_file", "rank_file")]),
+        ])  # fmt:skip
 
 
 def connect_ddm2_history(workflow, denoise_wf, reportlets) -> bool:

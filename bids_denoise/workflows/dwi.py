@@ -9,12 +9,15 @@ from nipype.pipeline import engine as pe
 
 from bids_denoise.denoise.methods import DEFAULT_METHOD, get_method
 from bids_denoise.denoise.shells import B0_THRESHOLD, MIN_SHELL_VOLUMES, SHELL_TOLERANCE
-from bids_denoise.interfaces.shells import MergeShells, SplitShells
+from bids_denoise.interfaces.shells import MergeGroupMaps, MergeShells, SplitShells
 
 #: Per-group inputs an interface may take, fed from the group labels.
 GROUP_INPUTS = ("group_label", "checkpoint_dir")
 #: Per-group outputs an interface may give, gathered on the outputnode (output -> field).
 GROUP_OUTPUTS = {"history_file": "history_files", "model_file": "model_files"}
+#: Per-group 3D maps an interface may give; MergeGroupMaps makes one file of each per run.
+GROUP_MAPS = ("sigma_file", "rank_file")
+RICIAN_CORRECTIONS = ("none", "mean", "moments")
 
 
 def method_settings(method: str, options: dict) -> SimpleNamespace:
@@ -37,6 +40,7 @@ def init_dwi_denoise_wf(
     shell_grouping: str = "shell",
     min_shell_volumes: int = MIN_SHELL_VOLUMES,
     b0_denoising: bool = True,
+    rician_correction: str = "none",
     device: str = "auto",
     checkpoint_root: str | None = None,
     omp_nthreads: int = 1,
@@ -65,6 +69,10 @@ def init_dwi_denoise_wf(
         nearest shell in b. Default 10.
     b0_denoising : bool
         Denoise the b0 group from its own volumes; otherwise copy it. Default True.
+    rician_correction : {"none", "mean", "moments"}
+        Remove the Rician noise floor from the merged series with the noise-sigma map of MP-PCA
+        (the method's own when it is MP-PCA, else computed over all volumes); see
+        :mod:`bids_denoise.denoise.rician`. Default "none".
     device : {"auto", "cpu", "cuda"}
         PyTorch device.
     checkpoint_root : str, optional
@@ -99,10 +107,15 @@ def init_dwi_denoise_wf(
         3D root mean square of the residuals over all denoised volumes.
     groups, n_denoised, devices, run_times
         What was denoised where, for the sidecars.
+    sigma_file, rank_file
+        Only when the method maps them (MP-PCA) or the Rician correction needs one: the 3D
+        noise standard deviation, and the 4D stack of each group's signal-rank map.
     history_files, model_files, group_labels
         Only for methods whose interface gives them (DDM2): the training history of every
         group, the model files of the groups that have one, and the labels of all groups.
     """
+    if rician_correction not in RICIAN_CORRECTIONS:
+        raise ValueError(f"rician_correction must be one of {RICIAN_CORRECTIONS}, got {rician_correction!r}")
     entry = get_method(method)
     settings = method_settings(method, options)
     interface = entry.interface_class()(
@@ -117,6 +130,10 @@ def init_dwi_denoise_wf(
     extra_outputs = {output: field for output, field in GROUP_OUTPUTS.items() if output in outputs}
     if group_inputs:
         extra_outputs["group_label"] = "group_labels"
+    maps = [output for output in GROUP_MAPS if output in outputs]
+    map_fields = list(maps)
+    if rician_correction != "none" and "sigma_file" not in map_fields:
+        map_fields.append("sigma_file")
 
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -126,7 +143,7 @@ def init_dwi_denoise_wf(
     outputnode = pe.Node(
         niu.IdentityInterface(fields=[
             "denoised_file", "bval_file", "bvec_file", "noise_file",
-            "groups", "n_denoised", "devices", "run_times", *extra_outputs.values(),
+            "groups", "n_denoised", "devices", "run_times", *extra_outputs.values(), *map_fields,
         ]),
         name="outputnode",
     )
@@ -150,13 +167,14 @@ def init_dwi_denoise_wf(
             ("noise_file", "noise_files"),
             ("n_denoised", "noise_weights"),
         ]),
-        (merge, outputnode, [("out_file", "denoised_file"), ("noise_file", "noise_file")]),
+        (merge, outputnode, [("noise_file", "noise_file")]),
         (inputnode, outputnode, [("bval_file", "bval_file"), ("bvec_file", "bvec_file")]),
         (split, outputnode, [("groups", "groups")]),
         (denoise, outputnode, [
             ("n_denoised", "n_denoised"), ("device", "devices"), ("run_time", "run_times"),
         ]),
     ])  # fmt:skip
+    _connect_maps(workflow, inputnode, denoise, merge, outputnode, maps, rician_correction, device, omp_nthreads)
     for output, field in extra_outputs.items():
         if output != "group_label":
             workflow.connect(denoise, output, outputnode, field)
@@ -175,6 +193,40 @@ def init_dwi_denoise_wf(
         if "checkpoint_dir" in group_inputs:
             workflow.connect(labels, "folders", denoise, "checkpoint_dir")
     return workflow
+
+
+def _connect_maps(workflow, inputnode, denoise, merge, outputnode, maps, rician_correction, device, omp_nthreads):
+    """The method's per-group maps, merged; the Rician correction of the merged series."""
+    from bids_denoise.interfaces.mppca import EstimateNoise, RicianCorrection
+
+    sigma_source = None
+    if maps:
+        merge_maps = pe.Node(MergeGroupMaps(), name="merge_maps")
+        workflow.connect([
+            (inputnode, merge_maps, [("dwi_file", "reference_file")]),
+            (denoise, merge_maps, [(output, f"{output[:-5]}_files") for output in maps]),
+            (denoise, merge_maps, [("n_denoised", "weights")]),
+            (merge_maps, outputnode, [(output, output) for output in maps]),
+        ])  # fmt:skip
+        if "sigma_file" in maps:
+            sigma_source = (merge_maps, "sigma_file")
+    if rician_correction == "none":
+        workflow.connect(merge, "out_file", outputnode, "denoised_file")
+        return
+    if sigma_source is None:
+        estimate = pe.Node(EstimateNoise(device=device, num_threads=omp_nthreads), name="estimate_noise",
+                           n_procs=omp_nthreads)
+        workflow.connect([
+            (inputnode, estimate, [("dwi_file", "in_file"), ("bval_file", "bval_file")]),
+            (estimate, outputnode, [("sigma_file", "sigma_file")]),
+        ])  # fmt:skip
+        sigma_source = (estimate, "sigma_file")
+    correct = pe.Node(RicianCorrection(method=rician_correction), name="rician_correction")
+    workflow.connect([
+        (merge, correct, [("out_file", "in_file")]),
+        (sigma_source[0], correct, [(sigma_source[1], "sigma_file")]),
+        (correct, outputnode, [("out_file", "denoised_file")]),
+    ])  # fmt:skip
 
 
 def _group_folders(groups, root):

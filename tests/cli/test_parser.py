@@ -203,7 +203,7 @@ def test_patch_radius(parse, values, expected):
     "extra",
     [
         ["--unknown-option"],
-        ["--method", "mppca"],
+        ["--method", "nlmeans"],
         ["--b0-threshold", "-1"],
         ["--b0-threshold", "abc"],
         ["--shell-tolerance", "-5"],

@@ -79,7 +79,7 @@ def test_ddm2_options_left_unset_keep_the_presets():
 
 
 def test_unknown_method_names_the_known_ones():
-    with pytest.raises(ValueError, match="patch2self, ddm2"):
+    with pytest.raises(ValueError, match="patch2self, mppca, ddm2"):
         get_method("nlmeans")
 
 

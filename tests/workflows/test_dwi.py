@@ -44,7 +44,7 @@ def test_graph_wiring():
 
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="method"):
-        init_dwi_denoise_wf(method="mppca")
+        init_dwi_denoise_wf(method="nlmeans")
 
 
 @pytest.mark.parametrize("grouping", ["shell", "all"])

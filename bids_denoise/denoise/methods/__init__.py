@@ -12,10 +12,11 @@ fast); entries import them inside the functions that need them.
 
 from bids_denoise.denoise.methods.base import Method, Option, join_words
 from bids_denoise.denoise.methods.ddm2 import DDM2
+from bids_denoise.denoise.methods.mppca import MPPCA
 from bids_denoise.denoise.methods.patch2self import PATCH2SELF
 
 #: Every method, by ``--method`` name, in the order ``--help`` lists them.
-METHODS = {method.name: method for method in (PATCH2SELF, DDM2)}
+METHODS = {method.name: method for method in (PATCH2SELF, MPPCA, DDM2)}
 DEFAULT_METHOD = "patch2self"
 
 
@@ -35,6 +36,7 @@ def denoising_parameters(settings) -> dict:
         "ShellGrouping": settings.shell_grouping,
         "ShellTolerance": float(settings.shell_tolerance),
         "B0Denoising": bool(settings.b0_denoising),
+        "RicianCorrection": str(getattr(settings, "rician_correction", "none")),
     }
     parameters.update(get_method(settings.method).sidecar_parameters(settings))
     return parameters

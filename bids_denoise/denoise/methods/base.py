@@ -6,6 +6,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from bids_denoise.denoise.shells import MIN_GROUP_VOLUMES
+
 #: Option kinds: how a value is read from the command line and checked from a TOML file.
 KINDS = ("float", "int", "choice", "switch", "radius")
 
@@ -155,6 +157,8 @@ class Method:
         BibTeX entries of the references the sentence cites.
     parameters : callable, optional
         ``parameters(settings) -> dict`` of extra sidecar entries beyond the options'.
+    min_group_volumes : int
+        Groups with fewer volumes are copied through (recorded as a decision).
     check_runtime : callable, optional
         ``check_runtime(runs, settings, device, n_threads, n_runs)``: estimate the run time of
         the selected runs (their ``RunCheck``s; ``n_runs`` counts them all, checked or not), log
@@ -172,6 +176,7 @@ class Method:
     bibtex: str
     parameters: Callable | None = None
     check_runtime: Callable | None = None
+    min_group_volumes: int = MIN_GROUP_VOLUMES
 
     def interface_class(self):
         """Import and return the interface class (Nipype is loaded here, not before)."""
