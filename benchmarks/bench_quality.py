@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 import quality_real  # noqa: E402
+from quality_methods import noise_sigma, our_settings, run_ours  # noqa: E402
 import quality_report  # noqa: E402
 
 REPO = HERE.parent
@@ -54,33 +55,16 @@ PHANTOMS = ["hardi_snr10", "hardi_snr5", "multishell_snr10", "multishell_b0at5_s
 WHOLEBRAIN = "wholebrain_hardi_snr10"
 REAL = sorted(p.name for p in (SHARED / "data").iterdir() if (p / "dwi.nii.gz").is_file()) \
     if (SHARED / "data").is_dir() else []
+#: Our settings on the real sets: the old default, the radius-1 ones and MP-PCA.
+REAL_SETTINGS = ("p2s-r0-voxel-shell-ols", "p2s-r1-voxel-all-ols", "p2s-r1-radial-all-ols",
+                 "p2s-r1-radial-all-ols+rician", "p2s-r2-radial-all-ols", "mppca-shell-veraart-overlap",
+                 "mppca-shell-veraart-overlap+rician", "mppca-all-veraart-overlap")
 #: The rule applies to phantoms with at least this many diffusion-weighted volumes.
 RULE_MIN_DW = 30
 
 
 # ---------------------------------------------------------------------------------- settings
-def our_settings() -> dict:
-    """Every Patch2Self setting the app offers: radius, pooling, grouping, regulariser."""
-    settings = {}
-    for radius in (0, 1, 2):
-        for pooling in (("voxel",) if radius == 0 else ("voxel", "radial")):
-            for grouping in ("shell", "all"):
-                for model in ("ols", "ridge"):
-                    name = f"r{radius}-{pooling}-{grouping}-{model}"
-                    settings[name] = dict(patch_radius=radius, patch_pooling=pooling, grouping=grouping,
-                                          model=model, alpha=1.0)
-    return settings
-
-
 ANCHORS = ("dipy-mppca", "dipy-p2s-v3", "mrtrix-dwidenoise")
-
-
-def run_ours(data, bvals, kwargs):
-    from bids_denoise.denoise.patch2self import patch2self
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return patch2self(data, bvals, device="cpu", progress=False, **kwargs)
 
 
 def run_anchor(name, data, bvals, nifti_path, workdir):
@@ -197,10 +181,17 @@ def denoise_all(dataset, folder, methods, cache, log, anchors):
 
     img, data, bvals = load(folder)
     outputs = {}
-    for name, kwargs in methods.items():
+    sigma_cache, sigma_seconds = {}, 0.0
+    if any(s["rician"] != "none" and s["method"] != "mppca" for s in methods.values()):
         started = time.perf_counter()
-        out = run_ours(data, bvals, kwargs)
+        sigma_cache["all"] = noise_sigma(data)  # shared; its time is added to every row using it
+        sigma_seconds = time.perf_counter() - started
+    for name, setting in methods.items():
+        started = time.perf_counter()
+        out = run_ours(data, bvals, setting, sigma_cache)
         seconds = time.perf_counter() - started
+        if setting["rician"] != "none" and setting["method"] != "mppca":
+            seconds += sigma_seconds
         path = cache.root / dataset / "ours" / f"{name}.nii.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
         nb.Nifti1Image(out, img.affine).to_filename(str(path))
@@ -283,7 +274,7 @@ def timing_results(log, repeats=2) -> dict:
                     for _ in range(repeats):
                         common.release_memory()
                         started = time.perf_counter()
-                        run_ours(data, bvals, kwargs)
+                        run_ours(data, bvals, dict(method="patch2self", model="ols", alpha=1.0, **kwargs))
                         times.append(time.perf_counter() - started)
                     rows.append(dict(data=label, **kwargs, seconds=min(times), all=times))
                     log(f"  timing {label} {kwargs}: {min(times):.2f} s")
@@ -334,7 +325,7 @@ def main(argv=None):
         report["phantoms"] = phantom_results(args.phantoms, settings, cache, log, anchors)
         report["rule"] = choose_default(report["phantoms"], settings)
     if args.only in (None, "real") and not args.no_real:
-        chosen = args.real_settings or [k for k in settings if k.startswith(("r0-", "r1-")) and k.endswith("-ols")]
+        chosen = args.real_settings or list(REAL_SETTINGS)
         report["real"] = quality_real.real_results(args.real, {k: settings[k] for k in chosen}, cache, log,
                                                    anchors, denoise_all, SHARED / "data")
     if args.only in (None, "timings") and not args.no_timings:

@@ -20,7 +20,7 @@ def fmt(value, pattern="{:.2f}"):
 def rule_text(rule: dict) -> str:
     ruled = ", ".join(rule["ruled_phantoms"])
     lines = [
-        "Rule: the default is the Patch2Self setting with the best mean PSNR over all phantoms, among "
+        "Rule: the default is the setting (Patch2Self or MP-PCA, with or without the Rician correction) with the best mean PSNR over all phantoms, among "
         f"the settings whose WM FA error (fa_mae_wm) is no worse than the noisy input's on every phantom "
         f"with at least 30 diffusion-weighted volumes ({ruled}).",
     ]
@@ -49,9 +49,11 @@ def _header(report) -> list[str]:
     ]
     for name, why in report.get("skipped_anchors", {}).items():
         lines.append(f"- Skipped anchor {label(name)}: {why}")
-    lines += ["", "Our settings are named `r<radius>-<pooling>-<grouping>-<model>` (ridge uses the app's "
-              "default alpha 1.0). Scores come from `shared/bench/score.py`; PSNR in dB, `faWM` is "
-              "`fa_mae_wm`, the mean absolute FA error in voxels with ground-truth FA > 0.4.", ""]
+    lines += ["", "Our settings: `p2s-r<radius>-<pooling>-<grouping>-<model>` (Patch2Self; ridge uses the app's "
+              "default alpha 1.0) and `mppca-<grouping>-<estimator>-<reconstruction>` (MP-PCA, 5x5x5 "
+              "windows); `+rician` adds `--rician-correction mean` with MP-PCA's noise map (its time is "
+              "included). Scores come from `shared/bench/score.py`; PSNR in dB, `faWM` is `fa_mae_wm`, "
+              "the mean absolute FA error in voxels with ground-truth FA > 0.4.", ""]
     return lines
 
 
