@@ -182,15 +182,15 @@ def denoise_all(dataset, folder, methods, cache, log, anchors):
     img, data, bvals = load(folder)
     outputs = {}
     sigma_cache, sigma_seconds = {}, 0.0
-    if any(s["rician"] != "none" and s["method"] != "mppca" for s in methods.values()):
+    if any(s["rician"] != "none" for s in methods.values()):
         started = time.perf_counter()
-        sigma_cache["all"] = noise_sigma(data)  # shared; its time is added to every row using it
+        sigma_cache["all"] = noise_sigma(data, bvals)[0]  # shared; its time is added to every row using it
         sigma_seconds = time.perf_counter() - started
     for name, setting in methods.items():
         started = time.perf_counter()
         out = run_ours(data, bvals, setting, sigma_cache)
         seconds = time.perf_counter() - started
-        if setting["rician"] != "none" and setting["method"] != "mppca":
+        if setting["rician"] != "none":
             seconds += sigma_seconds
         path = cache.root / dataset / "ours" / f"{name}.nii.gz"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,8 @@ or without the Rician correction.
 
 The app splits a run into volume groups (``bids_denoise.denoise.shells.group_volumes``) and
 denoises each group; Patch2Self does the same split itself, and MP-PCA is run group by group
-here. The Rician correction uses MP-PCA's noise-sigma map: the method's own (groups merged by
-the volume-weighted RMS, as the workflow's MergeGroupMaps does) or one over all volumes (as
-the workflow's EstimateNoise does).
+here. The Rician correction uses the run's noise map, for every method, as the workflow's
+EstimateNoise makes it (:func:`bids_denoise.denoise.noise.measure_noise` in the head mask).
 """
 
 from __future__ import annotations
@@ -37,13 +36,12 @@ def our_settings() -> dict:
 
 
 def _mppca_groups(data, bvals, setting):
-    """MP-PCA group by group: the denoised series and the merged sigma map."""
+    """MP-PCA group by group: the denoised series."""
     from bids_denoise.denoise.mppca import mppca
     from bids_denoise.denoise.shells import group_volumes
     from bids_denoise.interfaces.mppca import fitted_radius
 
     out = np.asarray(data, np.float32).copy()
-    sigma2, weight = np.zeros(data.shape[:3]), 0
     for group in group_volumes(bvals, grouping=setting["grouping"]):
         if group.size < 2:
             continue
@@ -53,40 +51,38 @@ def _mppca_groups(data, bvals, setting):
             result = mppca(data[..., index], patch_radius=fitted_radius(2, data.shape[:3]),
                            estimator=setting["estimator"], reconstruction=setting["reconstruction"], progress=False)
         out[..., index] = result.denoised
-        sigma2 += group.size * result.sigma.astype(np.float64) ** 2
-        weight += group.size
-    return out, np.sqrt(sigma2 / max(weight, 1)).astype(np.float32)
+    return out
 
 
-def noise_sigma(data):
-    """MP-PCA's sigma over all volumes (the app's EstimateNoise)."""
-    from bids_denoise.denoise.mppca import mppca
+def noise_sigma(data, bvals):
+    """The run's noise map (the app's EstimateNoise): returns (sigma map, head mask, source)."""
+    from bids_denoise.denoise.masks import brain_mask, mean_b0
+    from bids_denoise.denoise.noise import measure_noise
     from bids_denoise.interfaces.mppca import fitted_radius
 
+    region = brain_mask(mean_b0(data, bvals))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return mppca(data, patch_radius=fitted_radius(2, data.shape[:3]), progress=False).sigma
+        level = measure_noise(data, bvals, region=region, patch_radius=fitted_radius(2, data.shape[:3]))
+    return level.sigma, region, level.source
 
 
 def run_ours(data, bvals, setting, sigma_cache=None):
-    """One setting on one series; ``sigma_cache`` (a dict) keeps the all-volume sigma map."""
+    """One setting on one series; ``sigma_cache`` (a dict) keeps the run's noise map."""
     from bids_denoise.denoise.patch2self import patch2self
     from bids_denoise.denoise.rician import correct_rician_bias
 
-    sigma = None
     if setting["method"] == "mppca":
-        out, sigma = _mppca_groups(data, bvals, setting)
+        out = _mppca_groups(data, bvals, setting)
     else:
         kwargs = {k: setting[k] for k in ("patch_radius", "patch_pooling", "grouping", "model", "alpha")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             out = patch2self(data, bvals, device="cpu", progress=False, **kwargs)
     if setting.get("rician", "none") != "none":
-        if sigma is None:
-            if sigma_cache is None:
-                sigma_cache = {}
-            if "all" not in sigma_cache:
-                sigma_cache["all"] = noise_sigma(data)
-            sigma = sigma_cache["all"]
-        out = correct_rician_bias(out, sigma, method=setting["rician"])
+        if sigma_cache is None:
+            sigma_cache = {}
+        if "all" not in sigma_cache:
+            sigma_cache["all"] = noise_sigma(data, bvals)[0]
+        out = correct_rician_bias(out, sigma_cache["all"], method=setting["rician"])
     return out

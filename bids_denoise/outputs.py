@@ -84,8 +84,8 @@ RUN_OUTPUTS = (
     Output("noise", "3D map of the residual's root mean square over the denoised volumes, with a sidecar",
            desc="noise", suffix="dwimap", extension=".nii.gz", sidecar=True,
            bidsignore=("*_dwimap.nii.gz", "*_dwimap.json")),
-    Output("sigma", "3D map of the noise standard deviation from MP-PCA (--method mppca, or the Rician "
-           "correction), in the input's units, with a sidecar", desc="sigma", suffix="dwimap",
+    Output("sigma", "3D map of the noise standard deviation (MP-PCA over all volumes, Rician-corrected, at "
+           "the level of the b0 repeats when they agree), in the input's units, with a sidecar", desc="sigma", suffix="dwimap",
            extension=".nii.gz", sidecar=True, bidsignore=("*_dwimap.nii.gz", "*_dwimap.json")),
     Output("rank", "MP-PCA's number of signal components per voxel, one volume per volume group "
            "(--method mppca), with a sidecar", desc="rank", suffix="dwimap", extension=".nii.gz",

@@ -36,6 +36,16 @@ def rician_mean(snr):
     return np.sqrt(np.pi / 2.0) * ((1.0 + 2.0 * y) * special.i0e(y) + 2.0 * y * special.i1e(y))
 
 
+def rician_variance(snr):
+    """``Var[M] / sigma^2`` for a true signal ``nu = snr * sigma``: ``snr^2 + 2 - (E[M] / sigma)^2``.
+
+    It rises from ``2 - pi / 2`` (about 0.43, Rayleigh noise) at ``nu = 0`` towards 1 at high
+    signal-to-noise ratios.
+    """
+    x = np.asarray(snr, dtype=np.float64)
+    return np.clip(x * x + 2.0 - rician_mean(x) ** 2, 2.0 - np.pi / 2.0, 1.0)
+
+
 _SNR = np.concatenate([np.linspace(0.0, 4.0, 4001), np.linspace(4.0, _TABLE_MAX, 3601)[1:]])
 _MEAN = rician_mean(_SNR)
 

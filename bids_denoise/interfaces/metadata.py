@@ -31,6 +31,7 @@ class _DenoisingMetadataInputSpec(BaseInterfaceInputSpec):
     run_times = traits.List(traits.Float, mandatory=True, desc="seconds per group")
     sources = traits.List(traits.Str, mandatory=True, desc="bids:raw: URIs of the inputs")
     raw_metadata = traits.Dict(desc="sidecar metadata of the raw run")
+    noise_note = traits.Str(desc="how the noise map's level was found (EstimateNoise)")
     provenance = traits.Dict(desc="bids_denoise.utils.provenance record (version, git commit, container, "
                              "command line, configuration), stored as Provenance")
 
@@ -38,7 +39,7 @@ class _DenoisingMetadataInputSpec(BaseInterfaceInputSpec):
 class _DenoisingMetadataOutputSpec(TraitedSpec):
     dwi_metadata = traits.Dict(desc="sidecar of the denoised series")
     noise_metadata = traits.Dict(desc="sidecar of the noise map")
-    sigma_metadata = traits.Dict(desc="sidecar of the MP-PCA noise-sigma map")
+    sigma_metadata = traits.Dict(desc="sidecar of the noise-sigma map")
     rank_metadata = traits.Dict(desc="sidecar of the MP-PCA rank maps")
 
 
@@ -46,8 +47,11 @@ class _DenoisingMetadataOutputSpec(TraitedSpec):
 MAP_DESCRIPTIONS = {
     "noise": "Root mean square over the denoised volumes of the {method} residual (noisy minus "
              "denoised signal), in the units of the input series.",
-    "sigma": "Noise standard deviation estimated by MP-PCA from the Marchenko-Pastur bulk of the "
-             "eigenvalues of local windows, over the denoised volumes, in the units of the input series.",
+    "sigma": "Standard deviation of the Gaussian noise in each channel of the complex data, in the units "
+             "of the input series: MP-PCA over all volumes (the Marchenko-Pastur bulk of the eigenvalues "
+             "of 5x5x5 windows), corrected for the lower variance of Rician magnitudes at low signal, and "
+             "set to the level measured from the spread of 3 or more b0 volumes when that agrees within "
+             "a factor 1.25. It drives the Rician correction.",
     "rank": "Number of principal components MP-PCA kept as signal in the windows around each voxel; "
             "one volume per volume group, in the order of VolumeGroups.",
 }
@@ -104,6 +108,8 @@ class DenoisingMetadata(SimpleInterface):
                 "SkullStripped": False,
                 **provenance,
             }
+        if isdefined(self.inputs.noise_note) and self.inputs.noise_note:
+            self._results["sigma_metadata"]["NoiseEstimate"] = self.inputs.noise_note
         return runtime
 
 

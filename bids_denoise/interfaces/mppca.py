@@ -1,11 +1,11 @@
-"""Nipype interfaces over the pure MP-PCA engine: denoise one group, or only map the noise."""
+"""The Nipype interface over the pure MP-PCA engine: denoise one volume group."""
 
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
-from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import File, traits
 
 from bids_denoise.denoise.methods.mppca import ESTIMATORS, RECONSTRUCTIONS
 from bids_denoise.interfaces.denoiser import (
@@ -14,8 +14,7 @@ from bids_denoise.interfaces.denoiser import (
     DenoiserOutputSpec,
     GroupDenoiser,
 )
-from bids_denoise.utils.images import read_group, save_like
-from bids_denoise.utils.threads import limit_threads
+from bids_denoise.utils.images import save_like
 
 
 class _MPPCAInputSpec(DenoiserInputSpec):
@@ -78,63 +77,4 @@ def fitted_radius(patch_radius, shape) -> tuple[int, int, int]:
     return tuple(radius)
 
 
-class _EstimateNoiseInputSpec(TraitedSpec):
-    in_file = File(exists=True, mandatory=True, desc="4D DWI series")
-    bval_file = File(exists=True, mandatory=True, desc="its b-values")
-    patch_radius = traits.Either(traits.Int, traits.List(traits.Int, minlen=3, maxlen=3), default=2,
-                                 usedefault=True, desc="MP-PCA window radius")
-    device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="PyTorch device")
-    num_threads = traits.Int(1, usedefault=True, desc="CPU threads (BLAS and PyTorch)")
-
-
-class _EstimateNoiseOutputSpec(TraitedSpec):
-    sigma_file = File(exists=True, desc="3D MP-PCA noise standard deviation (input units)")
-
-
-class EstimateNoise(SimpleInterface):
-    """Map the noise of a whole series with MP-PCA over all its volumes (the denoised values
-    are not kept): the noise level that the Rician correction of any method needs."""
-
-    input_spec = _EstimateNoiseInputSpec
-    output_spec = _EstimateNoiseOutputSpec
-
-    def _run_interface(self, runtime):
-        from bids_denoise.denoise.mppca import mppca
-
-        img, data, _, _ = read_group(self.inputs.in_file, self.inputs.bval_file)
-        with limit_threads(self.inputs.num_threads):
-            sigma = mppca(data, patch_radius=fitted_radius(self.inputs.patch_radius, data.shape[:3]),
-                          device=self.inputs.device, progress=False).sigma
-        self._results["sigma_file"] = save_like(img, sigma, runtime.cwd, "sigma_dwimap.nii.gz")
-        return runtime
-
-
-class _RicianCorrectionInputSpec(TraitedSpec):
-    in_file = File(exists=True, mandatory=True, desc="denoised 4D series")
-    sigma_file = File(exists=True, mandatory=True, desc="3D noise standard deviation")
-    method = traits.Enum("mean", "moments", usedefault=True, desc="which correction")
-
-
-class _RicianCorrectionOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="the series without its Rician noise floor, float32")
-
-
-class RicianCorrection(SimpleInterface):
-    """Remove the Rician noise floor of a denoised series (:mod:`bids_denoise.denoise.rician`)."""
-
-    input_spec = _RicianCorrectionInputSpec
-    output_spec = _RicianCorrectionOutputSpec
-
-    def _run_interface(self, runtime):
-        import nibabel as nb
-
-        from bids_denoise.denoise.rician import correct_rician_bias
-
-        img = nb.load(self.inputs.in_file)
-        sigma = np.asanyarray(nb.load(self.inputs.sigma_file).dataobj)
-        corrected = correct_rician_bias(np.asanyarray(img.dataobj), sigma, method=self.inputs.method)
-        self._results["out_file"] = save_like(img, corrected, runtime.cwd, "denoised_dwi.nii.gz")
-        return runtime
-
-
-__all__ = ["EstimateNoise", "MPPCA", "RicianCorrection"]
+__all__ = ["MPPCA", "fitted_radius"]

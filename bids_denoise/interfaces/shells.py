@@ -136,29 +136,22 @@ def weighted_rms(paths, weights, shape) -> np.ndarray:
 
 
 class _MergeGroupMapsInputSpec(BaseInterfaceInputSpec):
-    sigma_files = InputMultiObject(File(exists=True), desc="3D noise-sigma map of each group")
     rank_files = InputMultiObject(File(exists=True), desc="3D signal-rank map of each group")
-    weights = traits.List(traits.Int, desc="denoised volumes behind each group's maps")
     reference_file = File(exists=True, mandatory=True, desc="the original series (header and affine)")
 
 
 class _MergeGroupMapsOutputSpec(TraitedSpec):
-    sigma_file = File(desc="noise sigma over all denoised volumes (RMS weighted by volumes)")
     rank_file = File(desc="4D: the rank map of each group, in group order")
 
 
 class MergeGroupMaps(SimpleInterface):
-    """One noise-sigma map and one stack of rank maps from the per-group maps of a method."""
+    """One 4D stack of the per-group maps of a method (MP-PCA's rank maps), in group order."""
 
     input_spec = _MergeGroupMapsInputSpec
     output_spec = _MergeGroupMapsOutputSpec
 
     def _run_interface(self, runtime):
         reference = nb.load(self.inputs.reference_file)
-        weights = self.inputs.weights if isdefined(self.inputs.weights) else []
-        if isdefined(self.inputs.sigma_files) and self.inputs.sigma_files:
-            sigma = weighted_rms(self.inputs.sigma_files, weights, reference.shape[:3])
-            self._results["sigma_file"] = save_like(reference, sigma, runtime.cwd, "sigma_dwimap.nii.gz")
         if isdefined(self.inputs.rank_files) and self.inputs.rank_files:
             ranks = np.stack([np.asanyarray(nb.load(p).dataobj, dtype=np.float32) for p in self.inputs.rank_files], -1)
             self._results["rank_file"] = save_like(reference, ranks, runtime.cwd, "rank_dwimap.nii.gz")

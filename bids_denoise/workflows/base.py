@@ -12,11 +12,11 @@ from bids_denoise.interfaces.bids import DerivativesDataSink
 from bids_denoise.interfaces.metadata import DenoisingMetadata
 from bids_denoise.interfaces.reports import DenoisingReportlets, ReportletsSink
 from bids_denoise.outputs import OUTPUTS
+from bids_denoise.utils.derivatives import bids_uri
+from bids_denoise.workflows.dwi import init_dwi_denoise_wf
 
 #: Maps a run may have (the outputnode field ``<key>_file``), sunk with their sidecars.
 MAP_KEYS = ("noise", "sigma", "rank")
-from bids_denoise.utils.derivatives import bids_uri
-from bids_denoise.workflows.dwi import init_dwi_denoise_wf
 
 
 def init_bids_denoise_wf(runs_by_subject):
@@ -139,6 +139,7 @@ def init_run_wf(run):
         (denoise_wf, metadata, [
             ("outputnode.groups", "groups"), ("outputnode.n_denoised", "n_denoised"),
             ("outputnode.devices", "devices"), ("outputnode.run_times", "run_times"),
+            ("outputnode.noise_note", "noise_note"),
         ]),
         (denoise_wf, nodes["ds_dwi"], [("outputnode.denoised_file", "in_file")]),
         (metadata, nodes["ds_dwi"], [("dwi_metadata", "meta_dict")]),

@@ -16,7 +16,7 @@ GROUP_INPUTS = ("group_label", "checkpoint_dir")
 #: Per-group outputs an interface may give, gathered on the outputnode (output -> field).
 GROUP_OUTPUTS = {"history_file": "history_files", "model_file": "model_files"}
 #: Per-group 3D maps an interface may give; MergeGroupMaps makes one file of each per run.
-GROUP_MAPS = ("sigma_file", "rank_file")
+GROUP_MAPS = ("rank_file",)
 RICIAN_CORRECTIONS = ("none", "mean", "moments")
 
 
@@ -70,9 +70,8 @@ def init_dwi_denoise_wf(
     b0_denoising : bool
         Denoise the b0 group from its own volumes; otherwise copy it. Default True.
     rician_correction : {"none", "mean", "moments"}
-        Remove the Rician noise floor from the merged series with the noise-sigma map of MP-PCA
-        (the method's own when it is MP-PCA, else computed over all volumes); see
-        :mod:`bids_denoise.denoise.rician`. Default "none".
+        Remove the Rician noise floor from the merged series with the run's noise map (see
+        ``sigma_file``, :mod:`bids_denoise.denoise.rician`). Default "none".
     device : {"auto", "cpu", "cuda"}
         PyTorch device.
     checkpoint_root : str, optional
@@ -107,9 +106,12 @@ def init_dwi_denoise_wf(
         3D root mean square of the residuals over all denoised volumes.
     groups, n_denoised, devices, run_times
         What was denoised where, for the sidecars.
-    sigma_file, rank_file
-        Only when the method maps them (MP-PCA) or the Rician correction needs one: the 3D
-        noise standard deviation, and the 4D stack of each group's signal-rank map.
+    sigma_file, region_file, noise_note
+        The run's Gaussian noise standard deviation (3D; :func:`bids_denoise.denoise.noise.measure_noise`:
+        MP-PCA over all volumes, Rician-corrected, at the b0 repeats' level when they agree), the
+        head mask it is measured in, and one sentence on its source.
+    rank_file
+        Only for MP-PCA: the 4D stack of each group's signal-rank map.
     history_files, model_files, group_labels
         Only for methods whose interface gives them (DDM2): the training history of every
         group, the model files of the groups that have one, and the labels of all groups.
@@ -131,9 +133,6 @@ def init_dwi_denoise_wf(
     if group_inputs:
         extra_outputs["group_label"] = "group_labels"
     maps = [output for output in GROUP_MAPS if output in outputs]
-    map_fields = list(maps)
-    if rician_correction != "none" and "sigma_file" not in map_fields:
-        map_fields.append("sigma_file")
 
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -143,7 +142,8 @@ def init_dwi_denoise_wf(
     outputnode = pe.Node(
         niu.IdentityInterface(fields=[
             "denoised_file", "bval_file", "bvec_file", "noise_file",
-            "groups", "n_denoised", "devices", "run_times", *extra_outputs.values(), *map_fields,
+            "groups", "n_denoised", "devices", "run_times", *extra_outputs.values(), *maps,
+            "sigma_file", "region_file", "noise_note",
         ]),
         name="outputnode",
     )
@@ -196,35 +196,30 @@ def init_dwi_denoise_wf(
 
 
 def _connect_maps(workflow, inputnode, denoise, merge, outputnode, maps, rician_correction, device, omp_nthreads):
-    """The method's per-group maps, merged; the Rician correction of the merged series."""
-    from bids_denoise.interfaces.mppca import EstimateNoise, RicianCorrection
+    """The run's noise map, the method's per-group maps merged, the Rician correction."""
+    from bids_denoise.interfaces.noise import EstimateNoise, RicianCorrection
 
-    sigma_source = None
+    estimate = pe.Node(EstimateNoise(device=device, num_threads=omp_nthreads), name="estimate_noise",
+                       n_procs=omp_nthreads)
+    workflow.connect([
+        (inputnode, estimate, [("dwi_file", "in_file"), ("bval_file", "bval_file")]),
+        (estimate, outputnode, [("sigma_file", "sigma_file"), ("region_file", "region_file"),
+                                ("noise_note", "noise_note")]),
+    ])  # fmt:skip
     if maps:
         merge_maps = pe.Node(MergeGroupMaps(), name="merge_maps")
         workflow.connect([
             (inputnode, merge_maps, [("dwi_file", "reference_file")]),
             (denoise, merge_maps, [(output, f"{output[:-5]}_files") for output in maps]),
-            (denoise, merge_maps, [("n_denoised", "weights")]),
             (merge_maps, outputnode, [(output, output) for output in maps]),
         ])  # fmt:skip
-        if "sigma_file" in maps:
-            sigma_source = (merge_maps, "sigma_file")
     if rician_correction == "none":
         workflow.connect(merge, "out_file", outputnode, "denoised_file")
         return
-    if sigma_source is None:
-        estimate = pe.Node(EstimateNoise(device=device, num_threads=omp_nthreads), name="estimate_noise",
-                           n_procs=omp_nthreads)
-        workflow.connect([
-            (inputnode, estimate, [("dwi_file", "in_file"), ("bval_file", "bval_file")]),
-            (estimate, outputnode, [("sigma_file", "sigma_file")]),
-        ])  # fmt:skip
-        sigma_source = (estimate, "sigma_file")
     correct = pe.Node(RicianCorrection(method=rician_correction), name="rician_correction")
     workflow.connect([
         (merge, correct, [("out_file", "in_file")]),
-        (sigma_source[0], correct, [(sigma_source[1], "sigma_file")]),
+        (estimate, correct, [("sigma_file", "sigma_file")]),
         (correct, outputnode, [("out_file", "denoised_file")]),
     ])  # fmt:skip
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bids_denoise.denoise.rician import correct_rician_bias, rician_mean
+from bids_denoise.denoise.rician import correct_rician_bias, rician_mean, rician_variance
 
 
 def _rician_magnitudes(nu, sigma, n, seed=0):
@@ -61,3 +61,12 @@ def test_bad_arguments_raise(kwargs, match):
     sigma = kwargs.pop("sigma")
     with pytest.raises(ValueError, match=match):
         correct_rician_bias(np.ones((2, 2, 2, 2)), sigma, **kwargs)
+
+
+def test_the_rician_variance_matches_sampled_magnitudes():
+    rng = np.random.default_rng(3)
+    for nu in (0.0, 1.0, 2.5, 8.0):
+        magnitude = np.hypot(nu + rng.normal(size=400_000), rng.normal(size=400_000))
+        assert rician_variance(nu) == pytest.approx(magnitude.var(), rel=0.01)
+    assert rician_variance(0.0) == pytest.approx(2 - np.pi / 2)
+    assert rician_variance(40.0) == pytest.approx(1.0, abs=1e-3)

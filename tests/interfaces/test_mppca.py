@@ -1,4 +1,4 @@
-"""The MP-PCA interfaces: one group with its maps, the noise map alone, the Rician correction."""
+"""The MP-PCA interface: one group with its maps; the stacking of the groups' rank maps."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from bids_denoise.denoise.mppca import mppca
-from bids_denoise.denoise.rician import correct_rician_bias
 from bids_denoise.errors import DataError
 from bids_denoise.interfaces.denoiser import GroupDenoiser
-from bids_denoise.interfaces.mppca import MPPCA, EstimateNoise, RicianCorrection, fitted_radius
+from bids_denoise.interfaces.mppca import MPPCA, fitted_radius
 from bids_denoise.interfaces.shells import MergeGroupMaps
 from tests.conftest import write_series
 
@@ -61,24 +60,13 @@ def test_engine_errors_name_the_file(tmp_path):
         MPPCA(in_file=str(paths[0]), bval_file=str(paths[1]), patch_radius=[0, 0, 0]).run(cwd=str(tmp_path))
 
 
-def test_noise_map_and_rician_correction(tmp_path):
-    data, paths = _series(tmp_path, n=12)
-    sigma_file = EstimateNoise(in_file=str(paths[0]), bval_file=str(paths[1]), patch_radius=1).run(
-        cwd=str(tmp_path)).outputs.sigma_file
-    np.testing.assert_array_equal(_load(sigma_file), mppca(data, patch_radius=1, progress=False).sigma)
-    corrected = RicianCorrection(in_file=str(paths[0]), sigma_file=sigma_file).run(cwd=str(tmp_path)).outputs.out_file
-    np.testing.assert_allclose(_load(corrected), correct_rician_bias(data, _load(sigma_file)), rtol=1e-6)
-
-
-def test_group_maps_are_merged(tmp_path):
+def test_group_rank_maps_are_stacked_in_group_order(tmp_path):
     affine_source = _series(tmp_path, n=3)[1][0]
     maps = []
     for k, value in enumerate((3.0, 4.0)):
-        path = tmp_path / f"sigma{k}.nii.gz"
+        path = tmp_path / f"rank{k}.nii.gz"
         nb.Nifti1Image(np.full((9, 8, 7), value, np.float32), np.eye(4)).to_filename(path)
         maps.append(str(path))
-    out = MergeGroupMaps(sigma_files=maps, rank_files=maps, weights=[1, 3], reference_file=str(affine_source)).run(
-        cwd=str(tmp_path)).outputs
-    np.testing.assert_allclose(_load(out.sigma_file), np.sqrt((9 + 3 * 16) / 4), rtol=1e-6)
+    out = MergeGroupMaps(rank_files=maps, reference_file=str(affine_source)).run(cwd=str(tmp_path)).outputs
     ranks = _load(out.rank_file)
     assert ranks.shape == (9, 8, 7, 2) and ranks[0, 0, 0, 1] == 4.0

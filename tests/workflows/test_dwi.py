@@ -63,24 +63,25 @@ def test_workflow_output_equals_the_engine(multishell_series, tmp_path, grouping
     np.testing.assert_allclose(merged_noise, noise, rtol=1e-5)
 
 
-def test_mppca_maps_and_the_rician_correction_are_wired():
+def test_mppca_rank_maps_and_the_rician_correction_are_wired():
     wf = init_dwi_denoise_wf(method="mppca", rician_correction="mean", mppca_patch_radius=1)
     fields = set(wf.get_node("outputnode").inputs.copyable_trait_names())
-    assert {"sigma_file", "rank_file"} <= fields
+    assert {"sigma_file", "rank_file", "region_file", "noise_note"} <= fields
     edges = {(u.name, v.name) for u, v in wf._graph.edges()}
-    assert {("denoise", "merge_maps"), ("merge_maps", "rician_correction"),
+    assert {("denoise", "merge_maps"), ("merge_maps", "outputnode"), ("estimate_noise", "rician_correction"),
             ("merge_shells", "rician_correction"), ("rician_correction", "outputnode")} <= edges
+    assert ("merge_maps", "rician_correction") not in edges  # one noise map for every method
     assert wf.get_node("denoise").interface.inputs.patch_radius == [1, 1, 1]
-    assert "estimate_noise" not in wf.list_node_names()  # MP-PCA's own map is used
 
 
-def test_other_methods_map_the_noise_only_for_the_rician_correction():
+def test_every_method_maps_the_run_noise_and_corrects_only_when_asked():
     plain = init_dwi_denoise_wf(method="patch2self")
-    assert "sigma_file" not in plain.get_node("outputnode").inputs.copyable_trait_names()
-    assert ("merge_shells", "outputnode") in {(u.name, v.name) for u, v in plain._graph.edges()}
+    edges = {(u.name, v.name) for u, v in plain._graph.edges()}
+    assert {("inputnode", "estimate_noise"), ("estimate_noise", "outputnode"), ("merge_shells", "outputnode")} <= edges
+    assert "rician_correction" not in plain.list_node_names() and "merge_maps" not in plain.list_node_names()
     corrected = init_dwi_denoise_wf(method="patch2self", rician_correction="moments")
     edges = {(u.name, v.name) for u, v in corrected._graph.edges()}
-    assert {("inputnode", "estimate_noise"), ("estimate_noise", "rician_correction")} <= edges
+    assert {("estimate_noise", "rician_correction"), ("rician_correction", "outputnode")} <= edges
     assert corrected.get_node("rician_correction").interface.inputs.method == "moments"
     with pytest.raises(ValueError, match="rician_correction"):
         init_dwi_denoise_wf(rician_correction="koay")
