@@ -355,7 +355,10 @@ class workflow(_Config):
     """Denoise the b0 volumes (as their own group)."""
     rician_correction = "none"
     """Remove the Rician noise floor after denoising: ``none``, ``mean`` or ``moments``
-    (:mod:`bids_denoise.denoise.rician`), with MP-PCA's noise-sigma map."""
+    (:mod:`bids_denoise.denoise.rician`), with the run's noise map (:mod:`bids_denoise.denoise.noise`)."""
+    error_estimate = True
+    """Estimate each volume group's error without ground truth (one more denoising run,
+    :mod:`bids_denoise.denoise.error`)."""
     device = "auto"
     """PyTorch device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
 
@@ -370,7 +373,7 @@ class workflow(_Config):
             value = float(value)
             if value < 0:
                 raise ValueError(f"workflow.{name} must be >= 0; got {value}")
-        if name == "b0_denoising":
+        if name in ("b0_denoising", "error_estimate"):
             return bool(value)
         option = all_options().get(name)
         if option is not None:

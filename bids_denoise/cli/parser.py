@@ -241,10 +241,18 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=config.RICIAN_CORRECTIONS,
         default="none",
         help="Remove the Rician noise floor that every denoiser leaves in low signal (it biases MD "
-        "and FA), using MP-PCA's map of the noise standard deviation (computed over all volumes "
-        "unless the method is mppca): 'mean' inverts the Rician mean, which is what a denoised "
-        "value estimates; 'moments' is the method-of-moments correction sqrt(S^2 - 2 sigma^2). "
-        "Default: none.",
+        "and FA), using the run's map of the noise standard deviation (MP-PCA over all volumes, "
+        "corrected for the Rician variance, at the level of the b0 repeats when they agree): "
+        "'mean' inverts the Rician mean, which is what a denoised value estimates; 'moments' is "
+        "the method-of-moments correction sqrt(S^2 - 2 sigma^2). Default: none.",
+    )
+    g_method.add_argument(
+        "--no-error-estimate",
+        dest="error_estimate",
+        action="store_false",
+        help="Do not estimate each volume group's error. The estimate (EstimatedRMSE in the "
+        "sidecar and the report) denoises every group a second time from slightly perturbed data "
+        "(Monte-Carlo SURE), so it doubles the denoising time. Default: estimated.",
     )
     g_method.add_argument(
         "--no-b0-denoising",
@@ -525,6 +533,7 @@ def parse_args(args=None) -> argparse.Namespace:
                 "shell_grouping": opts.shell_grouping,
                 "b0_denoising": opts.b0_denoising,
                 "rician_correction": opts.rician_correction,
+                "error_estimate": opts.error_estimate,
                 "device": opts.device,
                 **method_options,
             },

@@ -32,6 +32,7 @@ class _DenoisingMetadataInputSpec(BaseInterfaceInputSpec):
     sources = traits.List(traits.Str, mandatory=True, desc="bids:raw: URIs of the inputs")
     raw_metadata = traits.Dict(desc="sidecar metadata of the raw run")
     noise_note = traits.Str(desc="how the noise map's level was found (EstimateNoise)")
+    error_estimates = traits.List(traits.Dict, desc="each group's error estimate (GroupDenoiser.error_estimate)")
     provenance = traits.Dict(desc="bids_denoise.utils.provenance record (version, git commit, container, "
                              "command line, configuration), stored as Provenance")
 
@@ -76,6 +77,8 @@ class DenoisingMetadata(SimpleInterface):
             if notes:
                 entry["Notes"] = notes
             groups.append(entry)
+        error_summary = _add_error_estimates(groups, self.inputs.error_estimates
+                                             if isdefined(self.inputs.error_estimates) else [])
         raw = self.inputs.raw_metadata if isdefined(self.inputs.raw_metadata) else {}
         carried = {key: raw[key] for key in CARRIED_METADATA if key in raw}
         provenance = {
@@ -87,6 +90,8 @@ class DenoisingMetadata(SimpleInterface):
             "SoftwareName": "bids_denoise",
             "SoftwareVersion": __version__,
         }
+        if error_summary:
+            provenance["ErrorEstimate"] = error_summary
         if isdefined(self.inputs.provenance) and self.inputs.provenance:
             provenance["Provenance"] = dict(self.inputs.provenance)
         shells = [g for g in groups if g["Label"] != "b0"]
@@ -111,6 +116,31 @@ class DenoisingMetadata(SimpleInterface):
         if isdefined(self.inputs.noise_note) and self.inputs.noise_note:
             self._results["sigma_metadata"]["NoiseEstimate"] = self.inputs.noise_note
         return runtime
+
+
+def _add_error_estimates(groups: list, estimates: list) -> dict:
+    """Put each group's ``EstimatedRMSE`` (and how it was found) into its entry; return the
+    run's summary for the sidecar (empty when nothing was estimated)."""
+    from bids_denoise.denoise.error import METHOD_TEXT
+
+    total, count = 0.0, 0
+    for entry, estimate in zip(groups, estimates):
+        if not estimate:
+            continue
+        details = dict(estimate)
+        rmse = details.pop("EstimatedRMSE")
+        entry["EstimatedRMSE"] = rmse
+        entry["ErrorEstimate"] = details
+        total += rmse**2 * details["Values"]
+        count += details["Values"]
+    if not count:
+        return {}
+    return {
+        "EstimatedRMSE": round((total / count) ** 0.5, 6),
+        "Units": "those of the input series",
+        "Region": "the head mask (Otsu threshold of the mean b0), every volume",
+        "Method": METHOD_TEXT,
+    }
 
 
 def _as_volume_group(group: dict) -> VolumeGroup:

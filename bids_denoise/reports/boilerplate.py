@@ -167,12 +167,20 @@ def _rician_sentence(settings) -> str:
     correction = str(getattr(settings, "rician_correction", "none"))
     if correction == "none":
         return ""
-    source = ("MP-PCA's own map" if getattr(settings, "method", "") == "mppca"
-              else "a map from MP-PCA [@veraart2016] over all volumes")
     how = ("by inverting the mean of the Rician distribution [@koay2006]" if correction == "mean"
            else "with the method-of-moments correction [@gudbjartsson1995]")
-    return (f"The Rician noise floor was then removed from the denoised series {how}, with the noise "
-            f"standard deviation of {source}.")
+    return (f"The Rician noise floor was then removed from the denoised series {how}, with the run's map "
+            "of the noise standard deviation: MP-PCA [@veraart2016] over all volumes, corrected for the "
+            "lower variance of Rician magnitudes at low signal, and scaled to the noise level measured "
+            "from repeated b=0 volumes where at least three agreed with it.")
+
+
+def _error_sentence(settings) -> str:
+    if not bool(getattr(settings, "error_estimate", True)):
+        return ""
+    return ("The error of every volume group was estimated without ground truth by Monte-Carlo SURE "
+            "[@stein1981; @ramani2008]: each group was denoised a second time from data perturbed by "
+            "Gaussian noise, and the Rician mean, variance and bias were accounted for inside a head mask.")
 
 
 # ---------------------------------------------------------------------------- the paragraph
@@ -239,6 +247,7 @@ def build_boilerplate(settings=None, runs=None, *, version: str | None = None) -
         _b0_sentence(settings, survey),
         _method_sentence(settings),
         _rician_sentence(settings),
+        _error_sentence(settings),
         "The denoised volumes were put back in their acquisition order, and the residuals (raw minus "
         "denoised) were summarised per voxel as a noise map.",
         "The workflow was built with Nipype [@nipype]; data were indexed with PyBIDS [@pybids] and read "

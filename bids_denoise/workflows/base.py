@@ -100,6 +100,7 @@ def init_run_wf(run):
         shell_grouping=settings.shell_grouping,
         b0_denoising=settings.b0_denoising,
         rician_correction=settings.rician_correction,
+        error_estimate=settings.error_estimate,
         device=settings.device,
         checkpoint_root=checkpoint_root(run),
         omp_nthreads=config.nipype.omp_nthreads,
@@ -139,7 +140,7 @@ def init_run_wf(run):
         (denoise_wf, metadata, [
             ("outputnode.groups", "groups"), ("outputnode.n_denoised", "n_denoised"),
             ("outputnode.devices", "devices"), ("outputnode.run_times", "run_times"),
-            ("outputnode.noise_note", "noise_note"),
+            ("outputnode.noise_note", "noise_note"), ("outputnode.error_estimates", "error_estimates"),
         ]),
         (denoise_wf, nodes["ds_dwi"], [("outputnode.denoised_file", "in_file")]),
         (metadata, nodes["ds_dwi"], [("dwi_metadata", "meta_dict")]),

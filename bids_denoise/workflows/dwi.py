@@ -41,6 +41,7 @@ def init_dwi_denoise_wf(
     min_shell_volumes: int = MIN_SHELL_VOLUMES,
     b0_denoising: bool = True,
     rician_correction: str = "none",
+    error_estimate: bool = True,
     device: str = "auto",
     checkpoint_root: str | None = None,
     omp_nthreads: int = 1,
@@ -53,6 +54,8 @@ def init_dwi_denoise_wf(
     Workflow graph::
 
         inputnode -> SplitShells -> denoise (MapNode, one item per group) -> MergeShells -> outputnode
+        inputnode -> EstimateNoise (noise map, head mask) -> denoise (error estimate)
+                                                          -> RicianCorrection (after MergeShells)
 
     Parameters
     ----------
@@ -106,6 +109,9 @@ def init_dwi_denoise_wf(
         3D root mean square of the residuals over all denoised volumes.
     groups, n_denoised, devices, run_times
         What was denoised where, for the sidecars.
+    error_estimates
+        One dict per group (:meth:`bids_denoise.denoise.error.ErrorEstimate.as_dict` and its
+        seconds); empty dicts when not estimated.
     sigma_file, region_file, noise_note
         The run's Gaussian noise standard deviation (3D; :func:`bids_denoise.denoise.noise.measure_noise`:
         MP-PCA over all volumes, Rician-corrected, at the b0 repeats' level when they agree), the
@@ -122,6 +128,7 @@ def init_dwi_denoise_wf(
     settings = method_settings(method, options)
     interface = entry.interface_class()(
         b0_threshold=b0_threshold, b0_denoising=b0_denoising, device=device, num_threads=omp_nthreads,
+        rician_correction=rician_correction, estimate_error=bool(error_estimate and entry.error_estimate),
         **entry.interface_inputs(settings),
     )
     inputs = set(interface.inputs.copyable_trait_names())
@@ -142,7 +149,7 @@ def init_dwi_denoise_wf(
     outputnode = pe.Node(
         niu.IdentityInterface(fields=[
             "denoised_file", "bval_file", "bvec_file", "noise_file",
-            "groups", "n_denoised", "devices", "run_times", *extra_outputs.values(), *maps,
+            "groups", "n_denoised", "devices", "run_times", "error_estimates", *extra_outputs.values(), *maps,
             "sigma_file", "region_file", "noise_note",
         ]),
         name="outputnode",
@@ -172,6 +179,7 @@ def init_dwi_denoise_wf(
         (split, outputnode, [("groups", "groups")]),
         (denoise, outputnode, [
             ("n_denoised", "n_denoised"), ("device", "devices"), ("run_time", "run_times"),
+            ("error_estimate", "error_estimates"),
         ]),
     ])  # fmt:skip
     _connect_maps(workflow, inputnode, denoise, merge, outputnode, maps, rician_correction, device, omp_nthreads)
@@ -205,6 +213,7 @@ def _connect_maps(workflow, inputnode, denoise, merge, outputnode, maps, rician_
         (inputnode, estimate, [("dwi_file", "in_file"), ("bval_file", "bval_file")]),
         (estimate, outputnode, [("sigma_file", "sigma_file"), ("region_file", "region_file"),
                                 ("noise_note", "noise_note")]),
+        (estimate, denoise, [("sigma_file", "sigma_file"), ("region_file", "region_file")]),
     ])  # fmt:skip
     if maps:
         merge_maps = pe.Node(MergeGroupMaps(), name="merge_maps")

@@ -37,6 +37,7 @@ def denoising_parameters(settings) -> dict:
         "ShellTolerance": float(settings.shell_tolerance),
         "B0Denoising": bool(settings.b0_denoising),
         "RicianCorrection": str(getattr(settings, "rician_correction", "none")),
+        "ErrorEstimate": bool(getattr(settings, "error_estimate", True)),
     }
     parameters.update(get_method(settings.method).sidecar_parameters(settings))
     return parameters

@@ -163,6 +163,11 @@ class Method:
         ``check_runtime(runs, settings, device, n_threads, n_runs)``: estimate the run time of
         the selected runs (their ``RunCheck``s; ``n_runs`` counts them all, checked or not), log
         it, and raise ``UsageError`` when the run should not start (e.g. days on a CPU).
+    error_estimate : bool
+        Whether each group's error is estimated by running the interface again on perturbed
+        data (Monte-Carlo SURE, :mod:`bids_denoise.denoise.error`); it doubles the denoising
+        time. An interface may override ``GroupDenoiser._denoise_again`` to make that rerun
+        cheaper (e.g. reuse a trained model).
     """
 
     name: str
@@ -177,6 +182,7 @@ class Method:
     parameters: Callable | None = None
     check_runtime: Callable | None = None
     min_group_volumes: int = MIN_GROUP_VOLUMES
+    error_estimate: bool = True
 
     def interface_class(self):
         """Import and return the interface class (Nipype is loaded here, not before)."""

@@ -1,0 +1,39 @@
+"""The sidecars: each group's error estimate and the run's summary of it."""
+
+from __future__ import annotations
+
+import pytest
+
+from bids_denoise.interfaces.metadata import DenoisingMetadata
+
+GROUPS = [{"Label": "b0", "BValue": 0, "Count": 2, "Volumes": [0, 5]},
+          {"Label": "b1000", "BValue": 1000, "Count": 4, "Volumes": [1, 2, 3, 4]}]
+
+
+def _metadata(tmp_path, estimates, note="sigma 10 from the spread of 2 b0 volumes"):
+    return DenoisingMetadata(
+        method="mppca", parameters={"B0Threshold": 50.0}, groups=GROUPS, n_denoised=[2, 4],
+        devices=["cpu", "cpu"], run_times=[0.5, 1.0], sources=["bids:raw:sub-01/dwi/sub-01_dwi.nii.gz"],
+        error_estimates=estimates, noise_note=note,
+    ).run(cwd=str(tmp_path)).outputs
+
+
+def test_each_group_gets_its_estimated_rmse_and_the_run_a_pooled_one(tmp_path):
+    estimates = [{"EstimatedRMSE": 3.0, "ResidualRMS": 9.0, "NoiseRMS": 9.5, "Divergence": 0.1, "Values": 100,
+                  "Seconds": 0.2},
+                 {"EstimatedRMSE": 4.0, "ResidualRMS": 9.0, "NoiseRMS": 9.5, "Divergence": 0.1, "Values": 300,
+                  "Seconds": 0.4}]
+    out = _metadata(tmp_path, estimates)
+    groups = out.dwi_metadata["VolumeGroups"]
+    assert [g["EstimatedRMSE"] for g in groups] == [3.0, 4.0]
+    assert groups[1]["ErrorEstimate"]["Values"] == 300 and "EstimatedRMSE" not in groups[1]["ErrorEstimate"]
+    summary = out.dwi_metadata["ErrorEstimate"]
+    assert summary["EstimatedRMSE"] == pytest.approx(((9 * 100 + 16 * 300) / 400) ** 0.5)
+    assert "head mask" in summary["Region"] and "SURE" in summary["Method"]
+    assert out.sigma_metadata["NoiseEstimate"].startswith("sigma 10")
+
+
+def test_without_estimates_nothing_is_claimed(tmp_path):
+    out = _metadata(tmp_path, [{}, {}])
+    assert "ErrorEstimate" not in out.dwi_metadata
+    assert all("EstimatedRMSE" not in g for g in out.dwi_metadata["VolumeGroups"])
