@@ -129,6 +129,9 @@ def _add_error_estimates(groups: list, estimates: list) -> dict:
             continue
         details = dict(estimate)
         rmse = details.pop("EstimatedRMSE")
+        if "Chosen" in details:  # --method auto
+            entry["Method"] = details.pop("Chosen")
+            entry["CandidateRMSE"] = details.pop("Candidates")
         entry["EstimatedRMSE"] = rmse
         entry["ErrorEstimate"] = details
         total += rmse**2 * details["Values"]

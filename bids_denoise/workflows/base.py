@@ -105,7 +105,8 @@ def init_run_wf(run):
         checkpoint_root=checkpoint_root(run),
         omp_nthreads=config.nipype.omp_nthreads,
         mem_gb=method.memory_gb(shape, settings, largest_group, settings.device),
-        **{option.name: getattr(settings, option.name) for option in method.options},
+        **{option.name: getattr(settings, option.name)
+           for name in (*method.borrows, method.name) for option in methods.get_method(name).options},
     )
     denoise_wf.inputs.inputnode.dwi_file = str(run.dwi_file)
     denoise_wf.inputs.inputnode.bval_file = str(run.bval_file)

@@ -21,9 +21,10 @@ RICIAN_CORRECTIONS = ("none", "mean", "moments")
 
 
 def method_settings(method: str, options: dict) -> SimpleNamespace:
-    """The method's options: ``options`` over the registry defaults, each checked."""
+    """The method's options (and those of the methods it borrows from): ``options`` over the
+    registry defaults, each checked."""
     entry = get_method(method)
-    known = {option.name: option for option in entry.options}
+    known = {option.name: option for name in (*entry.borrows, method) for option in get_method(name).options}
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"{', '.join(unknown)}: not option(s) of method {method!r}; its options are "
@@ -126,6 +127,7 @@ def init_dwi_denoise_wf(
         raise ValueError(f"rician_correction must be one of {RICIAN_CORRECTIONS}, got {rician_correction!r}")
     entry = get_method(method)
     settings = method_settings(method, options)
+    settings.device = device
     interface = entry.interface_class()(
         b0_threshold=b0_threshold, b0_denoising=b0_denoising, device=device, num_threads=omp_nthreads,
         rician_correction=rician_correction, estimate_error=bool(error_estimate and entry.error_estimate),

@@ -37,3 +37,11 @@ def test_without_estimates_nothing_is_claimed(tmp_path):
     out = _metadata(tmp_path, [{}, {}])
     assert "ErrorEstimate" not in out.dwi_metadata
     assert all("EstimatedRMSE" not in g for g in out.dwi_metadata["VolumeGroups"])
+
+
+def test_the_automatic_choice_is_recorded_per_group(tmp_path):
+    estimates = [{}, {"EstimatedRMSE": 4.0, "ResidualRMS": 9.0, "NoiseRMS": 9.5, "Divergence": 0.1, "Values": 300,
+                      "Seconds": 0.4, "Chosen": "MP-PCA", "Candidates": {"Patch2Self": 5.0, "MP-PCA": 4.0}}]
+    group = _metadata(tmp_path, estimates).dwi_metadata["VolumeGroups"][1]
+    assert group["Method"] == "MP-PCA" and group["CandidateRMSE"] == {"Patch2Self": 5.0, "MP-PCA": 4.0}
+    assert "Chosen" not in group["ErrorEstimate"]

@@ -90,3 +90,15 @@ def test_every_method_maps_the_run_noise_and_corrects_only_when_asked():
 def test_unknown_options_of_a_method_are_refused():
     with pytest.raises(TypeError, match="mppca_patch_radius"):
         init_dwi_denoise_wf(method="patch2self", mppca_patch_radius=1)
+
+
+def test_auto_runs_its_candidates_with_their_settings_and_the_noise_map():
+    wf = init_dwi_denoise_wf(method="auto", rician_correction="mean", patch_radius=(1, 1, 1), mppca_patch_radius=1)
+    denoise = wf.get_node("denoise").interface
+    assert type(denoise).__name__ == "AutoDenoiser"
+    assert denoise.inputs.candidates == ["patch2self", "mppca"]
+    assert denoise.inputs.candidate_inputs["patch2self"]["patch_radius"] == [1, 1, 1]
+    assert denoise.inputs.candidate_inputs["mppca"]["patch_radius"] == [1, 1, 1]
+    assert denoise.inputs.rician_correction == "mean"
+    edges = {(u.name, v.name) for u, v in wf._graph.edges()}
+    assert ("estimate_noise", "denoise") in edges

@@ -10,13 +10,14 @@ This package never imports PyTorch, Nipype or the engines at import time (``--he
 fast); entries import them inside the functions that need them.
 """
 
+from bids_denoise.denoise.methods.auto import AUTO
 from bids_denoise.denoise.methods.base import Method, Option, join_words
 from bids_denoise.denoise.methods.ddm2 import DDM2
 from bids_denoise.denoise.methods.mppca import MPPCA
 from bids_denoise.denoise.methods.patch2self import PATCH2SELF
 
 #: Every method, by ``--method`` name, in the order ``--help`` lists them.
-METHODS = {method.name: method for method in (PATCH2SELF, MPPCA, DDM2)}
+METHODS = {method.name: method for method in (PATCH2SELF, MPPCA, DDM2, AUTO)}
 DEFAULT_METHOD = "patch2self"
 
 

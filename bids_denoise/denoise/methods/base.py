@@ -163,6 +163,12 @@ class Method:
         ``check_runtime(runs, settings, device, n_threads, n_runs)``: estimate the run time of
         the selected runs (their ``RunCheck``s; ``n_runs`` counts them all, checked or not), log
         it, and raise ``UsageError`` when the run should not start (e.g. days on a CPU).
+    borrows : tuple of str
+        Methods whose options this one also takes (``auto`` runs Patch2Self and MP-PCA with
+        their settings).
+    inputs : callable, optional
+        ``inputs(settings) -> dict`` of interface inputs, for a method whose inputs are not its
+        own options (``auto`` passes its candidates' inputs); default: from the options.
     error_estimate : bool
         Whether each group's error is estimated by running the interface again on perturbed
         data (Monte-Carlo SURE, :mod:`bids_denoise.denoise.error`); it doubles the denoising
@@ -183,6 +189,8 @@ class Method:
     check_runtime: Callable | None = None
     min_group_volumes: int = MIN_GROUP_VOLUMES
     error_estimate: bool = True
+    borrows: tuple[str, ...] = ()
+    inputs: Callable | None = None
 
     def interface_class(self):
         """Import and return the interface class (Nipype is loaded here, not before)."""
@@ -194,6 +202,8 @@ class Method:
 
         Options whose value is ``None`` are left out, so the interface keeps its default.
         """
+        if self.inputs is not None:
+            return self.inputs(settings)
         inputs = {}
         for option in self.options:
             value = getattr(settings, option.name, option.default)
