@@ -61,6 +61,8 @@ DEVICES = ("auto", "cpu", "cuda")
 RICIAN_CORRECTIONS = ("none", "mean", "moments")
 #: Nipype plugins that take ``n_procs``/``memory_gb`` in their ``plugin_args``.
 MULTIPROC_PLUGINS = ("MultiProc", "LegacyMultiProc")
+#: Start method of MultiProc workers (see :meth:`nipype.get_plugin`).
+MULTIPROC_CONTEXT = "spawn"
 #: Default cap of threads per process (``--omp-nthreads``).
 MAX_DEFAULT_OMP = 8
 
@@ -299,6 +301,12 @@ class nipype(_Config):
             args.setdefault("raise_insufficient", False)
             if cls.mem_gb:
                 args["memory_gb"] = float(cls.mem_gb)
+        if cls.plugin == "MultiProc":
+            # A forked worker inherits the parent's OpenMP/PyTorch thread pool and can deadlock
+            # in its first parallel region (seen when torch had already run in the parent, as
+            # under pytest or in a host pipeline). Spawned workers start clean; a fork server
+            # would too, but its socket path fails under a long TMPDIR ("AF_UNIX path too long").
+            args.setdefault("mp_context", MULTIPROC_CONTEXT)
         return {"plugin": cls.plugin, "plugin_args": args}
 
     @classmethod

@@ -241,7 +241,10 @@ def test_get_plugin_syncs_multiproc_arguments():
     plugin = config.nipype.get_plugin()
     assert plugin == {
         "plugin": "MultiProc",
-        "plugin_args": {"maxtasksperchild": 1, "n_procs": 3, "raise_insufficient": False, "memory_gb": 4.0},
+        "plugin_args": {
+            "maxtasksperchild": 1, "n_procs": 3, "raise_insufficient": False, "memory_gb": 4.0,
+            "mp_context": "spawn",
+        },
     }
     # the returned dict is a copy
     plugin["plugin_args"]["n_procs"] = 1
@@ -306,3 +309,13 @@ def test_nipype_init_sets_logname_even_for_a_uid_without_a_passwd_entry(monkeypa
     config.from_dict({"execution": {"work_dir": tmp_path / "work"}})
     config.nipype.init()
     assert os.environ["LOGNAME"] == str(os.getuid())
+
+
+def test_multiproc_workers_are_spawned_unless_the_plugin_file_says_otherwise():
+    # Forked workers deadlocked in PyTorch's thread pool when torch had run in the parent.
+    config.from_dict({"nipype": {"plugin": "MultiProc", "plugin_args": {}, "nprocs": 2}})
+    assert config.nipype.get_plugin()["plugin_args"]["mp_context"] == "spawn"
+    config.from_dict({"nipype": {"plugin": "MultiProc", "plugin_args": {"mp_context": "forkserver"}, "nprocs": 2}})
+    assert config.nipype.get_plugin()["plugin_args"]["mp_context"] == "forkserver"
+    config.from_dict({"nipype": {"plugin": "Linear", "plugin_args": {}, "nprocs": 2}})
+    assert "mp_context" not in config.nipype.get_plugin()["plugin_args"]

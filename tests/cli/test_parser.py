@@ -83,7 +83,10 @@ def test_minimal_command_fills_config_with_defaults(parse, dirs):
     assert config.nipype.nprocs == nprocs
     assert config.nipype.omp_nthreads == min(nprocs, 8)
     assert config.nipype.mem_gb is None and config.nipype.use_plugin is None
-    assert config.nipype.get_plugin() == {"plugin": "MultiProc", "plugin_args": {"n_procs": nprocs, "raise_insufficient": False}}
+    assert config.nipype.get_plugin() == {
+        "plugin": "MultiProc",
+        "plugin_args": {"n_procs": nprocs, "raise_insufficient": False, "mp_context": "spawn"},
+    }
 
 
 def test_relative_paths_are_made_absolute(dirs, monkeypatch):
@@ -295,7 +298,10 @@ def test_plugin_yaml_multiproc_sets_nprocs_and_memory(parse, dirs):
     assert config.nipype.omp_nthreads == 3
     assert config.nipype.get_plugin() == {
         "plugin": "MultiProc",
-        "plugin_args": {"n_procs": 3, "memory_gb": 5.0, "maxtasksperchild": 1, "raise_insufficient": False},
+        "plugin_args": {
+            "n_procs": 3, "memory_gb": 5.0, "maxtasksperchild": 1, "raise_insufficient": False,
+            "mp_context": "spawn",
+        },
     }
 
 

@@ -194,7 +194,9 @@ def test_participant_run_succeeds(app, capsys):
     # derivatives metadata exist before the workflow runs (parallel participants)
     assert app.description_at_run and app.bidsignore_at_run
     assert app.run_kwargs == config.nipype.get_plugin()
-    assert app.run_kwargs == {"plugin": "MultiProc", "plugin_args": {"n_procs": 2, "raise_insufficient": False}}
+    assert app.run_kwargs == {
+        "plugin": "MultiProc", "plugin_args": {"n_procs": 2, "raise_insufficient": False, "mp_context": "spawn"},
+    }
     assert app.runs_received == app.runs
     assert app.workflow.base_dir == str(app.work)
     assert app.layout_args == (app.bids, None)

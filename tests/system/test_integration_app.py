@@ -64,7 +64,8 @@ def test_every_run_has_its_derivatives(app_run):
     for raw in RAW_RUNS:
         for desc, suffix, ext in (("denoised", "dwi", ".nii.gz"), ("denoised", "dwi", ".json"),
                                   ("denoised", "dwi", ".bval"), ("denoised", "dwi", ".bvec"),
-                                  ("noise", "dwimap", ".nii.gz"), ("noise", "dwimap", ".json")):
+                                  ("noise", "dwimap", ".nii.gz"), ("noise", "dwimap", ".json"),
+                                  ("sigma", "dwimap", ".nii.gz"), ("sigma", "dwimap", ".json")):
             expected.add(str(_derivative(Path(""), raw, desc, suffix, ext)))
         stem = raw.name.replace("_dwi.nii.gz", "")
         for desc, ext in (("brainmask", ".png"), ("residualhist", ".svg"), ("residualstd", ".svg"),

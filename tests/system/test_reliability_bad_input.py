@@ -211,14 +211,17 @@ def test_a_folder_that_is_not_bids_is_refused(layout, capsys):
     assert not out.exists() or not list(out.rglob("*.nii.gz"))
 
 
-@pytest.mark.parametrize("where", ["same", "inside"])
-def test_output_dir_equal_to_or_inside_bids_dir_is_refused(layout, capsys, where):
+@pytest.mark.parametrize("where", ["same", "raw data", "derivatives root"])
+def test_output_dir_equal_to_or_inside_bids_raw_data_is_refused(layout, capsys, where):
+    # A folder of derivatives/ is allowed (pybids and the validator skip it); the dataset root,
+    # a folder among the raw data and derivatives/ itself are not.
     bids, _, work, plugin = layout
-    out = bids if where == "same" else bids / "derivatives" / "denoised"
+    out = {"same": bids, "raw data": bids / "sub-good" / "denoised", "derivatives root": bids / "derivatives"}[where]
     argv = [str(bids), str(out), "participant", "-w", str(work), "--skip-bids-validation"]
     assert main(argv) == 64
     assert str(bids) in capsys.readouterr().err
     assert not (bids / "derivatives").exists()
+    assert not (bids / "sub-good" / "denoised").exists()
 
 
 def test_work_dir_inside_bids_dir_is_refused(layout, capsys):

@@ -176,6 +176,7 @@ def test_bids_app_with_ddm2_smoke_writes_the_patch2self_set_of_derivatives(small
     expected = {f"{stem}_desc-{desc}{suffix}" for desc, suffix in (
         ("denoised", "_dwi.nii.gz"), ("denoised", "_dwi.json"), ("denoised", "_dwi.bval"),
         ("denoised", "_dwi.bvec"), ("noise", "_dwimap.nii.gz"), ("noise", "_dwimap.json"),
+        ("sigma", "_dwimap.nii.gz"), ("sigma", "_dwimap.json"),
     )}  # fmt: skip
     written = {str(p) for p in (out / "sub-02" / "dwi").iterdir()}
     assert written == expected | {f"{stem}_desc-ddm2_model.pt"}

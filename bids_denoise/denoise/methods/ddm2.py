@@ -209,4 +209,7 @@ DDM2 = Method(
     bibtex=BIBTEX,
     parameters=parameters,
     check_runtime=check_runtime,
+    # The perturbed rerun of the error estimate would train every network a second time (hours
+    # on a GPU) and rewrite the resumable checkpoints; DDM2 groups carry no EstimatedRMSE.
+    error_estimate=False,
 )
