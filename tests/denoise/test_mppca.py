@@ -16,6 +16,8 @@ import torch
 
 from bids_denoise.denoise import mppca as engine
 from bids_denoise.denoise.mppca import MPPCAResult, mppca
+from bids_denoise.denoise.mppca import _cpu as cpu_engine
+from bids_denoise.denoise.mppca import _lapack as lapack
 
 
 # ----------------------------------------------------------------------------- reference
@@ -111,8 +113,10 @@ def run(data, **kwargs):
 @pytest.mark.parametrize("reconstruction", ["overlap", "center"])
 @pytest.mark.parametrize(
     ("shape", "n_volumes", "radius", "slope"),
-    [((9, 8, 7), 12, 1, 3.0), ((9, 8, 7), 12, 2, 0.6), ((7, 6, 5), 30, 1, 1.5)],
-    ids=["r1", "r2", "r1-wide"],  # r1-wide: M = 27 <= N = 30, the M x M Gram
+    [((9, 8, 7), 12, 1, 3.0), ((9, 8, 7), 12, 2, 0.6), ((7, 6, 5), 30, 1, 1.5), ((8, 7, 6), 26, 1, 1.5)],
+    # r1-wide: M = 27 <= N = 30, the M x M Gram; r1-tall26: M = 27 > N = 26. Gram matrices of
+    # 24 x 24 and more (the last two) go through the CPU engine's LAPACK eigensolver.
+    ids=["r1", "r2", "r1-wide", "r1-tall26"],
 )
 def test_matches_loop_reference(estimator, reconstruction, shape, n_volumes, radius, slope):
     # The slopes make the windows keep different numbers of components (weights differ).
@@ -289,13 +293,166 @@ def test_small_series_are_denoised(reconstruction, shape, n_volumes, rank):
 
 # ----------------------------------------------------------------------------- 8. DIPY
 @pytest.mark.dipy
-@pytest.mark.parametrize("radius", [1, 2])
-def test_matches_dipy_mppca(radius):
+@pytest.mark.parametrize(("radius", "n_volumes"), [(1, 20), (2, 20), (2, 30)])
+def test_matches_dipy_mppca(radius, n_volumes):
+    # (2, 30): 30 x 30 Gram matrices, the CPU engine's LAPACK eigensolver (20 x 20: eigh).
     localpca = pytest.importorskip("dipy.denoise.localpca")
-    _, noisy = low_rank_series((12, 11, 10), 20, rank=3, sigma=5.0, slope=1.5, seed=10)
+    _, noisy = low_rank_series((12, 11, 10), n_volumes, rank=3, sigma=5.0, slope=1.5, seed=10)
     ours = run(noisy, patch_radius=radius)
     # DIPY works in float64 for float64 input, clips at 0 (nothing is negative here) and
     # returns the same weighted root-mean-square sigma map.
     theirs, their_sigma = localpca.mppca(noisy, patch_radius=radius, return_sigma=True, suppress_warning=True)
     assert np.abs(ours.denoised - theirs).max() <= 1e-6 * np.abs(theirs).max()
     np.testing.assert_allclose(ours.sigma, their_sigma, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- 9. CPU engine
+needs_lapack = pytest.mark.skipif(lapack.routines() is None, reason="SciPy exports no LAPACK to ctypes")
+
+
+def _with_spectrum(values, seed):
+    """Symmetric matrices ``Q diag(values) Q^T`` with random orthogonal ``Q`` (float64)."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(values, float)
+    q, _ = np.linalg.qr(rng.normal(size=(len(values), len(values))))
+    return torch.from_numpy((q * values) @ q.T)
+
+
+def _check_eigen(matrices, counts, *, value_tol=1e-12, vector_tol=1e-9):
+    """TridiagonalEigen against torch.linalg.eigh: eigenvalues; orthonormal eigenvectors of the
+    ``counts[i]`` largest eigenvalues (residuals); where a gap separates them from the others,
+    the same subspace (compared through projectors: any basis of a repeated eigenvalue is right)."""
+    matrices = torch.stack(list(matrices)).contiguous()
+    c, k, _ = matrices.shape
+    ref_values, ref_vectors = torch.linalg.eigh(matrices)
+    solver = lapack.TridiagonalEigen(c, k, lapack.routines())
+    values = torch.from_numpy(solver.eigenvalues(matrices.clone()).copy())
+    scale = ref_values.abs().amax(1, keepdim=True)
+    assert ((values - ref_values).abs() <= value_tol * scale).all()
+    counts = np.asarray(counts)
+    width = max(int(counts.max()), 1)
+    vectors = solver.top_vectors(counts, width)
+    assert not solver.failed
+    for i, kept in enumerate(counts.tolist()):
+        assert not vectors[i, :, : width - kept].any()  # unused columns stay zero
+        if kept == 0:
+            continue
+        v = vectors[i, :, width - kept :]
+        assert torch.allclose(v.mT @ v, torch.eye(kept, dtype=v.dtype), atol=1e-12)
+        residual = matrices[i] @ v - v * ref_values[i, k - kept :]
+        assert residual.abs().max() <= vector_tol * scale[i]
+        if kept < k and ref_values[i, k - kept] - ref_values[i, k - kept - 1] > 1e-6 * scale[i]:
+            u = ref_vectors[i, :, k - kept :]
+            assert (v @ v.mT - u @ u.mT).abs().max() <= vector_tol
+    return values, vectors
+
+
+@needs_lapack
+@pytest.mark.parametrize("k", [2, 3, 24, 66])
+def test_tridiagonal_eigen_matches_eigh(k):
+    rng = np.random.default_rng(k)
+    x = rng.normal(size=(5, 2 * k + 3, k))
+    x[:, :, : min(3, k)] *= [40.0, 12.0, 5.0][: min(3, k)]  # a few well separated top components
+    grams = torch.from_numpy(x.transpose(0, 2, 1) @ x)
+    _check_eigen(grams, [min(k, n) for n in (0, 1, 2, 3, k)])
+
+
+@needs_lapack
+def test_tridiagonal_eigen_repeated_and_clustered_eigenvalues():
+    k = 30
+    spectra = [
+        [9.0] * 3 + [4.0] * 5 + list(np.linspace(0.1, 1.0, k - 8)),  # exactly repeated
+        [9.0, 9.0 * (1 + 1e-12), 9.0 * (1 - 1e-12)] + list(np.linspace(0.1, 1.0, k - 3)),  # clustered
+        [5.0] * k,  # a multiple of the identity
+    ]
+    matrices = [_with_spectrum(values, seed) for seed, values in enumerate(spectra)]
+    # A whole cluster (the top 3) is a determined subspace; 2 of 3, or 4 of the identity's 30,
+    # are any orthonormal eigenvectors of the repeated eigenvalue.
+    _check_eigen(matrices, [3, 3, 4])
+    _check_eigen(matrices, [2, 2, 30])
+    _check_eigen(matrices[:1], [8])  # both clusters
+
+
+@needs_lapack
+def test_tridiagonal_eigen_rank_deficient():
+    # Gram matrices of exactly rank-deficient data: k - r zero eigenvalues (up to round-off).
+    rng = np.random.default_rng(3)
+    k, r = 40, 6
+    x = rng.normal(size=(4, 50, r)) @ rng.normal(size=(4, r, k))
+    grams = torch.from_numpy(x.transpose(0, 2, 1) @ x)
+    values, _ = _check_eigen(grams, [r, r, 1, 0])
+    assert (values[:, : k - r].abs() <= 1e-12 * values[:, -1:]).all()
+
+
+@needs_lapack
+def test_tridiagonal_eigen_can_fail():
+    # The check above would catch wrong vectors: the projector onto the wrong eigenvectors.
+    grams = _with_spectrum(np.linspace(1.0, 30.0, 30), 0)[None]
+    solver = lapack.TridiagonalEigen(1, 30, lapack.routines())
+    solver.eigenvalues(grams.clone())
+    solver.values[0, -1] = solver.values[0, -2]  # a wrong shift for the largest eigenvalue
+    v = solver.top_vectors(np.array([1]), 1)[0]
+    u = torch.linalg.eigh(grams[0])[1][:, -1:]
+    assert (v @ v.mT - u @ u.mT).abs().max() > 0.1
+
+
+def test_box_sum_matches_loop():
+    rng = np.random.default_rng(4)
+    image = torch.from_numpy(rng.normal(size=(2, 7, 6, 5)))
+    window = (3, 1, 2)
+    out = cpu_engine.box_sum(image, window)
+    expected = torch.zeros_like(image)
+    for x, y, z in itertools.product(range(7), range(6), range(5)):
+        expected[:, x, y, z] = image[:, max(0, x - 2) : x + 1, y : y + 1, max(0, z - 1) : z + 1].sum((1, 2, 3))
+    assert torch.allclose(out, expected, atol=1e-12)
+
+
+@needs_lapack
+@pytest.mark.parametrize("reconstruction", ["overlap", "center"])
+@pytest.mark.parametrize("estimator", ["veraart2016", "cordero-grande2019"])
+def test_cpu_engine_matches_dense_engine(monkeypatch, reconstruction, estimator):
+    # Small chunks and two workers: many chunk boundaries, the per-worker sums, and windows of
+    # every rank; the dense engine (float64 eigh, one block) is the reference.
+    _, noisy = low_rank_series((11, 10, 9), 30, rank=4, sigma=3.0, slope=1.2, seed=11)
+    mask = np.zeros(noisy.shape[:3], bool)
+    mask[2:9, 1:8, 3:9] = True
+    radius = engine._check_radius(2, noisy.shape[:3])
+    dense = engine._run(noisy, radius, mask, estimator, reconstruction, torch.device("cpu"), False, torch.float64)
+    monkeypatch.setattr(cpu_engine, "CHUNK_BYTES", 8 * 125 * 30 * 5)  # 5 windows per chunk
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = run(noisy, mask=mask, estimator=estimator, reconstruction=reconstruction)
+        second = run(noisy, mask=mask, estimator=estimator, reconstruction=reconstruction)
+    finally:
+        torch.set_num_threads(previous)
+    assert np.array_equal(first.denoised, second.denoised)  # independent of thread scheduling
+    assert np.array_equal(first.rank, second.rank) and np.array_equal(first.sigma, second.sigma)
+    assert np.abs(first.denoised - dense.denoised).max() <= 1e-6 * np.abs(dense.denoised).max()
+    np.testing.assert_allclose(first.sigma, dense.sigma, rtol=1e-6)
+    np.testing.assert_allclose(first.rank, dense.rank, rtol=1e-6, atol=1e-6)
+    assert len(np.unique(first.rank[mask])) > 1  # windows of different ranks
+
+
+@needs_lapack
+def test_cpu_engine_lapack_and_eigh_paths_agree(monkeypatch):
+    # 12 x 12 Gram matrices go to torch.linalg.eigh; forced through LAPACK they must agree,
+    # including windows whose LAPACK call is reported as failed (dense fallback).
+    _, noisy = low_rank_series((9, 8, 7), 12, rank=3, sigma=3.0, slope=2.0, seed=12)
+    default = run(noisy, patch_radius=1)
+    monkeypatch.setattr(cpu_engine, "LAPACK_MIN_SIZE", 2)
+    forced = run(noisy, patch_radius=1)
+    original = lapack.TridiagonalEigen.top_vectors
+
+    def flaky(self, counts, width):
+        out = original(self, counts, width)
+        self.failed.extend([0, len(counts) - 1])
+        return out
+
+    monkeypatch.setattr(lapack.TridiagonalEigen, "top_vectors", flaky)
+    fallback = run(noisy, patch_radius=1)
+    peak = np.abs(default.denoised).max()
+    for other in (forced, fallback):
+        assert np.abs(other.denoised - default.denoised).max() <= 1e-6 * peak
+        np.testing.assert_allclose(other.sigma, default.sigma, rtol=1e-6)
+        np.testing.assert_allclose(other.rank, default.rank, rtol=1e-6)
