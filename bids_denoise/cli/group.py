@@ -15,7 +15,9 @@ from bids_denoise.outputs import OUTPUTS
 GROUP_SUMMARY = OUTPUTS["group_summary"].location
 #: Sidecars of the denoised series that the group level summarises.
 DENOISED_SIDECAR_GLOB = OUTPUTS["dwi"].sidecar_pattern
-GROUP_COLUMNS = ("subject", "session", "acquisition", "direction", "run", "method", "groups", "runtime_s", "sidecar")
+GROUP_COLUMNS = ("subject", "session", "acquisition", "direction", "run", "method", "groups", "group_methods",
+                 "estimated_rmse", "residual_ratio", "residual_correlation", "fa_high_before", "fa_high_after",
+                 "qc_warnings", "qc_checks", "runtime_s", "sidecar")
 _ENTITY_RE = re.compile(r"(?:^|_)(sub|ses|acq|dir|run)-([A-Za-z0-9]+)")
 _ENTITY_COLUMNS = {"sub": "subject", "ses": "session", "acq": "acquisition", "dir": "direction", "run": "run"}
 
@@ -23,6 +25,31 @@ _ENTITY_COLUMNS = {"sub": "subject", "ses": "session", "acq": "acquisition", "di
 def _format_groups(groups) -> str:
     """``b0:6;b1000:60`` from the sidecar's ``VolumeGroups``."""
     return ";".join(f"{group['Label']}:{group['Count']}" for group in groups)
+
+
+def _per_group(items, key) -> str | None:
+    """``b0:1.23;b1000:4.56`` of one key over the groups that have it (None if none has)."""
+    cells = [f"{item.get('Label', item.get('Group'))}:{item[key]}" for item in items if item.get(key) is not None]
+    return ";".join(cells) or None
+
+
+def _quality_columns(meta: dict) -> dict:
+    """The error-estimate and QC columns of one sidecar."""
+    groups = meta.get("VolumeGroups", [])
+    quality = meta.get("QualityControl") or {}
+    fa = quality.get("FA") or {}
+    flags = quality.get("Flags", []) if quality else []
+    return {
+        "group_methods": _per_group(groups, "Method"),
+        "estimated_rmse": _per_group(groups, "EstimatedRMSE"),
+        "residual_ratio": _per_group(quality.get("Groups", []), "ResidualRatio"),
+        "residual_correlation": _per_group(quality.get("Groups", []), "ResidualCorrelation"),
+        "fa_high_before": fa.get("Before"),
+        "fa_high_after": fa.get("After"),
+        "qc_warnings": len(flags) if quality else None,
+        "qc_checks": ";".join(f"{f.get('Check')}" + (f"({f['Group']})" if f.get("Group") else "") for f in flags)
+        or None,
+    }
 
 
 def summarise_outputs(output_dir: Path, participants=None, sessions=None) -> list[dict]:
@@ -46,6 +73,7 @@ def summarise_outputs(output_dir: Path, participants=None, sessions=None) -> lis
             meta = {}
         row["method"] = meta.get("DenoisingMethod")
         row["groups"] = _format_groups(meta.get("VolumeGroups", [])) or None
+        row.update(_quality_columns(meta))
         row["runtime_s"] = meta.get("RunTime")
         row["sidecar"] = sidecar.relative_to(output_dir).as_posix()
         rows.append(row)

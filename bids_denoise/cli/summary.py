@@ -22,6 +22,8 @@ class RunStatus:
     exit_code: int = EXIT_OK
     #: things the user should know about a run that still succeeds (e.g. groups copied through)
     warnings: list = field(default_factory=list)
+    #: messages of the QC flags raised on the written output (sidecar ``QualityControl.Flags``)
+    qc_flags: list = field(default_factory=list)
 
 
 def crash_reports(log_dir, since: float) -> list[tuple[str, str, Path]]:
@@ -69,6 +71,9 @@ def format_summary(statuses: list[RunStatus]) -> str:
                 tag = state
                 if status.warnings:
                     tag += f", {len(status.warnings)} warning{'s' if len(status.warnings) != 1 else ''}"
+                if status.qc_flags:
+                    tag += f", {len(status.qc_flags)} QC warning{'s' if len(status.qc_flags) != 1 else ''}"
                 lines.append(f"  [{tag}] {status.label}{why}")
                 lines.extend(f"      ! {warning}" for warning in status.warnings)
+                lines.extend(f"      ! QC: {flag}" for flag in status.qc_flags)
     return "\n".join(lines)

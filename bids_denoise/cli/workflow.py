@@ -121,7 +121,8 @@ def write_reports(subjects, since: float | None = None) -> list:
 
 
 def _mark_missing_outputs(runs_by_subject: dict, statuses: list) -> None:
-    """A run reported ok must have its denoised series on disk (a stopped run has none)."""
+    """A run reported ok must have its denoised series on disk (a stopped run has none); the QC
+    flags of its sidecar are added to its summary."""
     by_name = {status.name: status for status in statuses}
     for runs in runs_by_subject.values():
         for run in runs:
@@ -129,6 +130,19 @@ def _mark_missing_outputs(runs_by_subject: dict, statuses: list) -> None:
             if status.state == "ok" and not OUTPUTS["dwi"].path(run.dwi_file, execution_output()).exists():
                 status.state, status.exit_code = FAILED, EXIT_FAILURE
                 status.reason = "no output was written (the run stopped before this run finished)"
+            elif status.state == "ok":
+                status.qc_flags = qc_messages(OUTPUTS["dwi"].sidecar_path(run.dwi_file, execution_output()))
+
+
+def qc_messages(sidecar) -> list[str]:
+    """The messages of the QC flags recorded in a denoised series' sidecar (none if unreadable)."""
+    import json
+
+    try:
+        quality = json.loads(Path(sidecar).read_text()).get("QualityControl") or {}
+    except (OSError, ValueError):
+        return []
+    return [str(flag.get("Message", flag.get("Check"))) for flag in quality.get("Flags", [])]
 
 
 def _run_graph(runs_by_subject: dict, statuses: list) -> tuple:

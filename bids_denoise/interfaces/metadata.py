@@ -33,6 +33,7 @@ class _DenoisingMetadataInputSpec(BaseInterfaceInputSpec):
     raw_metadata = traits.Dict(desc="sidecar metadata of the raw run")
     noise_note = traits.Str(desc="how the noise map's level was found (EstimateNoise)")
     error_estimates = traits.List(traits.Dict, desc="each group's error estimate (GroupDenoiser.error_estimate)")
+    quality_control = traits.Dict(desc="QC numbers and flags (QualityControl), stored as QualityControl")
     provenance = traits.Dict(desc="bids_denoise.utils.provenance record (version, git commit, container, "
                              "command line, configuration), stored as Provenance")
 
@@ -92,6 +93,8 @@ class DenoisingMetadata(SimpleInterface):
         }
         if error_summary:
             provenance["ErrorEstimate"] = error_summary
+        if isdefined(self.inputs.quality_control) and self.inputs.quality_control:
+            provenance["QualityControl"] = dict(self.inputs.quality_control)
         if isdefined(self.inputs.provenance) and self.inputs.provenance:
             provenance["Provenance"] = dict(self.inputs.provenance)
         shells = [g for g in groups if g["Label"] != "b0"]

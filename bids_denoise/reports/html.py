@@ -112,6 +112,8 @@ figcaption b{color:#222}
 code,pre{font-family:Menlo,Consolas,monospace;font-size:.88em;background:#f4f4f4}
 pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}
 .ok{color:#237a2b}.bad{color:#b3261e}.muted{color:#666}
+.qc{border:2px solid #237a2b;background:#eef8ef;padding:.5em 1em;margin:1em 0}
+.qc.warn{border-color:#b3261e;background:#fdecea}.qc ul{margin:.3em 0}
 ol.references li{margin-bottom:.4em;font-size:.92em}
 """
 
@@ -267,7 +269,7 @@ def _summary_section(subject: str, runs: list[dict]) -> str:
         ("Denoising time (all runs)", f"{total:.1f} s"),
         ("bids_denoise version", ", ".join(_e(v) for v in versions) or _e(__version__)),
     ]
-    out = ['<section id="summary">', "<h2>Summary</h2>", "<table>"]
+    out = ['<section id="summary">', "<h2>Summary</h2>", _qc_box(runs), "<table>"]
     out += [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows]
     out += ["</table>", "<h3>Runs</h3>", "<table>",
             "<tr><th>Run</th><th>Session</th><th>Volume groups (label: b-value × volumes)</th><th>Method</th>"
@@ -301,26 +303,69 @@ def _summary_section(subject: str, runs: list[dict]) -> str:
     return "\n".join(out)
 
 
-def _stats_table(stats: Mapping) -> str:
+def _qc_box(runs: list[dict]) -> str:
+    """A highlighted box: every QC flag of the subject's runs, or that none was raised."""
+    flags, checked = [], 0
+    for run in runs:
+        quality = (run["sidecar"] or {}).get("QualityControl")
+        if quality is None:
+            continue
+        checked += 1
+        flags += [(run, flag) for flag in quality.get("Flags", [])]
+    if not checked:
+        return ""
+    if not flags:
+        return (f'<div class="qc"><b>QC: no warnings</b> in {checked} run(s): the residuals are at the noise '
+                "level, uncorrelated with the signal, and FA in high-FA voxels is kept (thresholds in the "
+                "sidecars' <code>QualityControl</code>).</div>")
+    items = "".join(f'<li><a href="#{_anchor(run)}">{_e(_run_title(run))}</a>: {_e(flag.get("Message", ""))}</li>'
+                    for run, flag in flags)
+    return (f'<div class="qc warn"><b>QC: {len(flags)} warning(s)</b>. Signal may have been removed; check '
+            f"the residual figures of these runs, or try another method or --shell-grouping:<ul>{items}</ul></div>")
+
+
+def _stats_table(stats: Mapping, sidecar: Mapping | None = None) -> str:
     groups = stats.get("Groups") or []
     if not groups:
         return ""
+    sidecar = sidecar or {}
+    estimates = {str(g.get("Label")): g.get("EstimatedRMSE") for g in sidecar.get("VolumeGroups") or []}
+    ratios = {str(g.get("Group")): g.get("ResidualRatio")
+              for g in (sidecar.get("QualityControl") or {}).get("Groups", [])}
     out = ["<table>", "<tr><th>Group</th><th>b-value</th><th>Volumes</th><th>Denoised</th><th>σ raw</th>"
-           "<th>σ denoised</th><th>Residual SD</th><th>SNR raw</th><th>SNR denoised</th><th>SNR gain</th>"
+           "<th>Residual SD</th><th>Residual / noise</th><th>Estimated RMSE</th><th>SNR raw</th>"
            "<th>median |r| residual vs signal</th><th>median |r| residual vs mean b0</th></tr>"]
     for g in groups:
+        label = str(g.get("Label"))
         out.append(
             f"<tr><td>{_e(g.get('Label'))}</td><td class=\"num\">{_num(g.get('BValue'))}</td>"
             f"<td class=\"num\">{_num(g.get('Count'))}</td><td>{_num(g.get('Denoised'))}</td>"
-            + "".join(f'<td class="num">{_num(g.get(k))}</td>' for k in (
-                "SigmaBefore", "SigmaAfter", "ResidualStd", "SNRBefore", "SNRAfter", "SNRGain", "MedianAbsCorrelation",
-                "MedianAbsAnatomyCorrelation"))
+            + "".join(f'<td class="num">{_num(value)}</td>' for value in (
+                g.get("SigmaBefore"), g.get("ResidualStd"), ratios.get(label), estimates.get(label),
+                g.get("SNRBefore"), g.get("MedianAbsCorrelation"), g.get("MedianAbsAnatomyCorrelation")))
             + "</tr>"
         )
     out.append("</table>")
+    out.append('<p class="muted">Residual / noise: the residual RMS over the RMS the noise alone would leave '
+               "(near 1: only noise removed; above 1.2 is flagged: signal was removed). Estimated RMSE: the "
+               "error left in the output, estimated without ground truth (Monte-Carlo SURE), in input "
+               "units. A higher SNR after denoising is not shown: removing signal raises it too.</p>")
     out.append(f'<p class="muted">Brain mask: {_num(stats.get("MaskVoxels"))} voxels; white-noise correlation '
                f'band ±{_num(stats.get("CorrelationChanceLevel"), 2)}.</p>')
     return "\n".join(out)
+
+
+def _fa_table(sidecar: Mapping) -> str:
+    """FA of the high-FA voxels before and after (QualityControl.FA), when the run has a DTI shell."""
+    fa = (sidecar.get("QualityControl") or {}).get("FA")
+    if not fa:
+        return ""
+    return ("<h3>FA in high-FA voxels</h3><table><tr><th>Voxels (raw FA &gt; 0.4)</th><th>FA raw</th>"
+            f"<th>FA denoised</th><th>Change</th></tr><tr><td class=\"num\">{_num(fa.get('Voxels'))}</td>"
+            f"<td class=\"num\">{_num(fa.get('Before'), 3)}</td><td class=\"num\">{_num(fa.get('After'), 3)}</td>"
+            f"<td class=\"num\">{_num(100 * fa['Change'], 2) if fa.get('Change') is not None else 'n/a'} %</td>"
+            "</tr></table><p class=\"muted\">Log-linear DTI fit on b ≤ 1500 in the head mask. Noise inflates "
+            "FA, so a small fall is expected; a fall of more than 10 % is flagged.</p>")
 
 
 def _ddm2_table(stats: Mapping) -> str:
@@ -372,7 +417,8 @@ def _run_section(run: Mapping) -> str:
     if facts:
         out += ["<table>", *facts, "</table>"]
     if stats:
-        out += ["<h3>Noise and SNR</h3>", _stats_table(stats), _ddm2_table(stats)]
+        out += ["<h3>Noise and residuals</h3>", _stats_table(stats, sidecar), _ddm2_table(stats)]
+    out.append(_fa_table(sidecar))
     if not run["figures"]:
         out.append('<p class="muted">No reportlets were found for this run.</p>')
     mosaic_groups = _mosaic_labels(stats)

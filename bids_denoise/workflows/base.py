@@ -142,6 +142,7 @@ def init_run_wf(run):
             ("outputnode.groups", "groups"), ("outputnode.n_denoised", "n_denoised"),
             ("outputnode.devices", "devices"), ("outputnode.run_times", "run_times"),
             ("outputnode.noise_note", "noise_note"), ("outputnode.error_estimates", "error_estimates"),
+            ("outputnode.quality_control", "quality_control"),
         ]),
         (denoise_wf, nodes["ds_dwi"], [("outputnode.denoised_file", "in_file")]),
         (metadata, nodes["ds_dwi"], [("dwi_metadata", "meta_dict")]),

@@ -113,6 +113,8 @@ def init_dwi_denoise_wf(
     error_estimates
         One dict per group (:meth:`bids_denoise.denoise.error.ErrorEstimate.as_dict` and its
         seconds); empty dicts when not estimated.
+    quality_control
+        The QC numbers and flags of the written series (:class:`~bids_denoise.interfaces.qc.QualityControl`).
     sigma_file, region_file, noise_note
         The run's Gaussian noise standard deviation (3D; :func:`bids_denoise.denoise.noise.measure_noise`:
         MP-PCA over all volumes, Rician-corrected, at the b0 repeats' level when they agree), the
@@ -152,7 +154,7 @@ def init_dwi_denoise_wf(
         niu.IdentityInterface(fields=[
             "denoised_file", "bval_file", "bvec_file", "noise_file",
             "groups", "n_denoised", "devices", "run_times", "error_estimates", *extra_outputs.values(), *maps,
-            "sigma_file", "region_file", "noise_note",
+            "sigma_file", "region_file", "noise_note", "quality_control",
         ]),
         name="outputnode",
     )
@@ -184,7 +186,9 @@ def init_dwi_denoise_wf(
             ("error_estimate", "error_estimates"),
         ]),
     ])  # fmt:skip
-    _connect_maps(workflow, inputnode, denoise, merge, outputnode, maps, rician_correction, device, omp_nthreads)
+    final = _connect_maps(workflow, inputnode, denoise, merge, outputnode, maps, rician_correction, device,
+                          omp_nthreads)
+    _connect_quality_control(workflow, inputnode, split, denoise, final, outputnode, rician_correction)
     for output, field in extra_outputs.items():
         if output != "group_label":
             workflow.connect(denoise, output, outputnode, field)
@@ -226,12 +230,29 @@ def _connect_maps(workflow, inputnode, denoise, merge, outputnode, maps, rician_
         ])  # fmt:skip
     if rician_correction == "none":
         workflow.connect(merge, "out_file", outputnode, "denoised_file")
-        return
+        return merge
     correct = pe.Node(RicianCorrection(method=rician_correction), name="rician_correction")
     workflow.connect([
         (merge, correct, [("out_file", "in_file")]),
         (estimate, correct, [("sigma_file", "sigma_file")]),
         (correct, outputnode, [("out_file", "denoised_file")]),
+    ])  # fmt:skip
+    return correct
+
+
+def _connect_quality_control(workflow, inputnode, split, denoise, final, outputnode, rician_correction):
+    """QC numbers and flags of the series as written (``final`` gives it as ``out_file``)."""
+    from bids_denoise.interfaces.qc import QualityControl
+
+    qc = pe.Node(QualityControl(rician_correction=rician_correction), name="quality_control")
+    estimate = workflow.get_node("estimate_noise")
+    workflow.connect([
+        (inputnode, qc, [("dwi_file", "in_file"), ("bval_file", "bval_file"), ("bvec_file", "bvec_file")]),
+        (final, qc, [("out_file", "denoised_file")]),
+        (estimate, qc, [("sigma_file", "sigma_file"), ("region_file", "region_file")]),
+        (split, qc, [("groups", "groups")]),
+        (denoise, qc, [("n_denoised", "n_denoised")]),
+        (qc, outputnode, [("quality_control", "quality_control")]),
     ])  # fmt:skip
 
 

@@ -443,6 +443,53 @@ def test_group_level_writes_a_summary(app, capsys):
     assert "group_summary.tsv" in capsys.readouterr().out
 
 
+def test_group_level_has_the_error_estimate_and_qc_columns(app):
+    _write_sidecar(app.out, "sub-01/dwi/sub-01_desc-denoised_dwi.json", {
+        "DenoisingMethod": "auto",
+        "VolumeGroups": [{"Label": "b0", "Count": 2, "Method": "MP-PCA", "EstimatedRMSE": 3.5},
+                         {"Label": "b1000", "Count": 30, "Method": "Patch2Self", "EstimatedRMSE": 7.25}],
+        "QualityControl": {
+            "Groups": [{"Group": "b0", "ResidualRatio": 0.9, "ResidualCorrelation": 0.01},
+                       {"Group": "b1000", "ResidualRatio": 1.4, "ResidualCorrelation": 0.2}],
+            "FA": {"Voxels": 10, "Before": 0.55, "After": 0.41, "AfterRenoised": 0.45, "Change": -0.18},
+            "Flags": [{"Check": "ResidualRatio", "Group": "b1000", "Message": "m1"},
+                      {"Check": "FADrop", "Group": None, "Message": "m2"}],
+        },
+    })
+    _write_sidecar(app.out, "sub-02/dwi/sub-02_desc-denoised_dwi.json", {"DenoisingMethod": "patch2self"})
+    assert main(app.argv(level="group")) == EXIT_OK
+    with open(app.out / "group_summary.tsv") as handle:
+        first, second = csv.DictReader(handle, delimiter="\t")
+    assert first["group_methods"] == "b0:MP-PCA;b1000:Patch2Self"
+    assert first["estimated_rmse"] == "b0:3.5;b1000:7.25"
+    assert first["residual_ratio"] == "b0:0.9;b1000:1.4"
+    assert first["residual_correlation"] == "b0:0.01;b1000:0.2"
+    assert (first["fa_high_before"], first["fa_high_after"]) == ("0.55", "0.41")
+    assert first["qc_warnings"] == "2" and first["qc_checks"] == "ResidualRatio(b1000);FADrop"
+    assert second["qc_warnings"] == "n/a" and second["estimated_rmse"] == "n/a"
+
+
+def test_run_summary_counts_qc_warnings():
+    from bids_denoise.cli.summary import RunStatus, format_summary
+
+    text = format_summary([RunStatus("sub-01/dwi/a_dwi.nii.gz", qc_flags=["group b1000: residual", "FA fell"]),
+                           RunStatus("sub-02/dwi/b_dwi.nii.gz")])
+    assert "[ok, 2 QC warnings] sub-01/dwi/a_dwi.nii.gz" in text
+    assert "      ! QC: FA fell" in text
+    assert "[ok] sub-02/dwi/b_dwi.nii.gz" in text
+
+
+def test_qc_messages_come_from_the_sidecar(tmp_path):
+    from bids_denoise.cli.workflow import qc_messages
+
+    sidecar = tmp_path / "x_desc-denoised_dwi.json"
+    sidecar.write_text(json.dumps({"QualityControl": {"Flags": [{"Check": "FADrop", "Message": "FA fell"}]}}))
+    assert qc_messages(sidecar) == ["FA fell"]
+    sidecar.write_text("{broken")
+    assert qc_messages(sidecar) == []
+    assert qc_messages(tmp_path / "missing.json") == []
+
+
 def test_group_level_respects_participant_labels(app):
     _write_sidecar(app.out, "sub-01/dwi/sub-01_desc-denoised_dwi.json", {"DenoisingMethod": "patch2self"})
     _write_sidecar(app.out, "sub-02/dwi/sub-02_desc-denoised_dwi.json", {"DenoisingMethod": "patch2self"})

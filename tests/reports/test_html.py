@@ -100,7 +100,9 @@ def test_report_sections_and_content(output_dir):
         assert f'id="{section}"' in page
     assert "b1000: b=1000 × 30" in page and "b0: b=0 × 2" in page and "ses-1" in page
     assert "Patch2Self" in page and "PatchRadius" in page and "0, 0, 0" in page and "1.5" in page
-    assert "12.5" in page and "8.25" in page and "1000 voxels" in page
+    assert "12.5" in page and "9.0" not in page and ">9<" in page and "1000 voxels" in page
+    assert "SNR gain" not in page and "8.25" not in page  # removing signal must not look like success
+    assert 'class="qc"' not in page  # no QualityControl in the sidecar: no box
     assert "Fadnavis et al., 2020" in page and 'id="ref-nipype"' in page and "[@" not in page
     assert "a" * 40 in page and "v0.1.0-3-gaaaaaaa" in page and "bids_denoise:test" in page
     assert "bids-denoise raw out participant" in page and 'href="logs/config-RUNID.toml"' in page
@@ -174,3 +176,25 @@ def test_report_without_methods_text(output_dir):
     (output_dir / "logs" / "CITATION.md").unlink()
     page = report_html.render_subject_report(output_dir, "01")
     assert "No methods text (logs/CITATION.md) was found." in page
+
+
+def test_qc_flags_are_boxed_in_the_summary_and_fa_is_tabled(output_dir):
+    sidecar_path = output_dir / "sub-01" / "ses-1" / "dwi" / f"{RUN}_desc-denoised_dwi.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["VolumeGroups"][1]["EstimatedRMSE"] = 7.25
+    sidecar["QualityControl"] = {
+        "Groups": [{"Group": "b1000", "ResidualRatio": 1.45, "ResidualCorrelation": 0.3}],
+        "FA": {"Voxels": 120, "Before": 0.55, "After": 0.41, "AfterRenoised": 0.45, "Change": -0.182},
+        "Flags": [{"Check": "ResidualRatio", "Group": "b1000", "Message": "group b1000: the residual is 1.45 times"}],
+    }
+    sidecar_path.write_text(json.dumps(sidecar))
+    page = report_html.write_subject_report(output_dir, "01", run_uuid="RUNID").read_text()
+    summary = page[page.index('id="summary"'):page.index("<h3>Runs</h3>")]
+    assert 'class="qc warn"' in summary and "QC: 1 warning(s)" in summary
+    assert "group b1000: the residual is 1.45 times" in summary
+    assert ">1.45<" in page and ">7.25<" in page  # residual / noise and EstimatedRMSE per group
+    assert "FA in high-FA voxels" in page and ">0.55<" in page and "-18 %" in page
+    sidecar["QualityControl"]["Flags"] = []
+    sidecar_path.write_text(json.dumps(sidecar))
+    page = report_html.write_subject_report(output_dir, "01", run_uuid="RUNID").read_text()
+    assert "QC: no warnings" in page and 'class="qc warn"' not in page
