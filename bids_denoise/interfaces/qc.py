@@ -34,39 +34,17 @@ class QualityControl(SimpleInterface):
     output_spec = _QualityControlOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_denoise.reports.qc import (
-            THRESHOLDS, fa_change, group_flags, residual_correlation, residual_ratio, run_flags,
-        )
+        from bids_denoise.reports.qc import assess
 
         raw = np.asanyarray(nb.load(self.inputs.in_file).dataobj, dtype=np.float32)
         denoised = np.asanyarray(nb.load(self.inputs.denoised_file).dataobj, dtype=np.float32)
-        sigma = np.asanyarray(nb.load(self.inputs.sigma_file).dataobj, dtype=np.float32)
-        region = np.asanyarray(nb.load(self.inputs.region_file).dataobj) > 0
-        bvals = np.loadtxt(self.inputs.bval_file, ndmin=1)
-        bvecs = np.loadtxt(self.inputs.bvec_file, ndmin=2)
-        corrected = self.inputs.rician_correction != "none"
-        rows, flags = [], []
-        for group, n_denoised in zip(self.inputs.groups, self.inputs.n_denoised):
-            if n_denoised == 0:
-                continue  # copied through: nothing to check
-            index = list(group["Volumes"])
-            ratio = residual_ratio(raw[..., index], denoised[..., index], sigma, region, rician_corrected=corrected)
-            correlation = residual_correlation(raw[..., index], denoised[..., index], region, sigma=sigma,
-                                               rician_corrected=corrected)
-            rows.append({"Group": group["Label"], "ResidualRatio": _rounded(ratio),
-                         "ResidualCorrelation": _rounded(correlation)})
-            flags += group_flags(group["Label"], ratio, correlation, int(region.sum()))
-        fa = fa_change(raw, denoised, bvals, bvecs, region, sigma=sigma, rician_corrected=corrected)
-        flags += run_flags(fa)
-        self._results["quality_control"] = {
-            "Groups": rows,
-            "FA": {k: _rounded(v) if isinstance(v, float) else v for k, v in fa.items()} if fa else None,
-            "Flags": flags,
-            "Thresholds": dict(THRESHOLDS),
-            "Region": "head mask of the noise map (desc-sigma)",
-        }
+        groups = [(group["Label"], group["Volumes"])
+                  for group, n_denoised in zip(self.inputs.groups, self.inputs.n_denoised)
+                  if n_denoised > 0]  # a copied-through group has nothing to check
+        self._results["quality_control"] = assess(
+            raw, denoised, np.loadtxt(self.inputs.bval_file, ndmin=1), np.loadtxt(self.inputs.bvec_file, ndmin=2),
+            np.asanyarray(nb.load(self.inputs.sigma_file).dataobj, dtype=np.float32),
+            np.asanyarray(nb.load(self.inputs.region_file).dataobj) > 0, groups,
+            rician_corrected=self.inputs.rician_correction != "none",
+        )
         return runtime
-
-
-def _rounded(value: float):
-    return None if not np.isfinite(value) else round(float(value), 4)

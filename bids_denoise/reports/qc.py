@@ -193,6 +193,49 @@ def run_flags(fa: dict | None) -> list[dict]:
                         "was removed"}]
 
 
+def assess(raw, denoised, bvals, bvecs, sigma, region, groups, *, rician_corrected: bool) -> dict:
+    """Every QC number and flag of one run: the sidecar's ``QualityControl``.
+
+    Parameters
+    ----------
+    raw, denoised : array_like, shape (x, y, z, N)
+        The series before and after (``denoised`` as written, after any Rician correction).
+    bvals : array_like, shape (N,)
+    bvecs : array_like, shape (3, N)
+    sigma : array_like, shape (x, y, z)
+        The run's noise map.
+    region : array_like of bool, shape (x, y, z)
+        The head mask the noise map was measured in.
+    groups : sequence of (label, volume indices)
+        The denoised volume groups (copied-through groups left out).
+    rician_corrected : bool
+        Whether ``denoised`` was Rician-corrected.
+    """
+    region = _region(region)
+    rows, flags = [], []
+    for label, index in groups:
+        index = list(index)
+        ratio = residual_ratio(raw[..., index], denoised[..., index], sigma, region,
+                               rician_corrected=rician_corrected)
+        correlation = residual_correlation(raw[..., index], denoised[..., index], region, sigma=sigma,
+                                           rician_corrected=rician_corrected)
+        rows.append({"Group": label, "ResidualRatio": _rounded(ratio), "ResidualCorrelation": _rounded(correlation)})
+        flags += group_flags(label, ratio, correlation, int(region.sum()))
+    fa = fa_change(raw, denoised, bvals, bvecs, region, sigma=sigma, rician_corrected=rician_corrected)
+    flags += run_flags(fa)
+    return {
+        "Groups": rows,
+        "FA": {k: _rounded(v) if isinstance(v, float) else v for k, v in fa.items()} if fa else None,
+        "Flags": flags,
+        "Thresholds": dict(THRESHOLDS),
+        "Region": "head mask of the noise map (desc-sigma)",
+    }
+
+
+def _rounded(value: float):
+    return None if not math.isfinite(value) else round(float(value), 4)
+
+
 def _directions(bvecs) -> int:
     """Number of distinct gradient directions (up to sign)."""
     if bvecs.size == 0:
@@ -210,5 +253,5 @@ def _region(region) -> np.ndarray:
     return region if region.any() else np.ones(region.shape, dtype=bool)
 
 
-__all__ = ["HIGH_FA", "THRESHOLDS", "dti_fa", "fa_change", "group_flags", "residual_correlation",
+__all__ = ["HIGH_FA", "THRESHOLDS", "assess", "dti_fa", "fa_change", "group_flags", "residual_correlation",
            "residual_ratio", "run_flags"]
