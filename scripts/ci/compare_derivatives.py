@@ -13,7 +13,7 @@ CI uses it twice: ``test_slurm.sh`` compares each Slurm mode with a MultiProc ru
 * NIfTI images: same shape, data type, affine, voxel sizes and qform/sform codes, and voxel
   values within ``--atol + --rtol * |b|`` (float32 tolerance by default; NaNs must match);
 * JSON files: equal once the volatile keys are removed (at any depth: ``RunTime``,
-  ``Devices``, ``Device``, which depend on the machine and the load, ``Provenance``, which
+  ``Seconds`` (of the error estimate), ``Devices``, ``Device``, which depend on the machine and the load, ``Provenance``, which
   records how the run was made, plus any ``--ignore-key``); numbers are compared with the same
   tolerance;
 * figures and HTML reports (.svg, .png, .html, ...): present in both and not empty; their
@@ -35,7 +35,7 @@ import re
 import sys
 from pathlib import Path
 
-VOLATILE_KEYS = ("RunTime", "Devices", "Device", "Provenance")
+VOLATILE_KEYS = ("RunTime", "Seconds", "Devices", "Device", "Provenance")
 FIGURE_SUFFIXES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".html")
 #: Left out of every comparison: the output lock and write probes.
 DEFAULT_EXCLUDE = (".bids_denoise.lock", ".bids_denoise_write_test_*")

@@ -305,7 +305,9 @@ def _fake_derivatives(root: Path, value=1.0, runtime=1.5):
     (root / "sub-01" / "dwi").mkdir(parents=True)
     data = np.full((3, 3, 2, 4), value, np.float32)
     nb.Nifti1Image(data, np.eye(4)).to_filename(root / "sub-01" / "dwi" / "sub-01_desc-denoised_dwi.nii.gz")
-    sidecar = {"RunTime": runtime, "Devices": ["cpu"], "VolumeGroups": [{"Label": "b0", "Device": "cpu", "Count": 4}]}
+    sidecar = {"RunTime": runtime, "Devices": ["cpu"],
+               "VolumeGroups": [{"Label": "b0", "Device": "cpu", "Count": 4,
+                                 "ErrorEstimate": {"EstimatedRMSE": 2.5, "Seconds": runtime / 10}}]}
     (root / "sub-01" / "dwi" / "sub-01_desc-denoised_dwi.json").write_text(json.dumps(sidecar))
     (root / "sub-01" / "dwi" / "sub-01_desc-denoised_dwi.bval").write_text("0 1000 1000 1000\n")
     (root / ".bids_denoise.lock").write_text("")
