@@ -184,9 +184,10 @@ def _versus(args) -> int:
         print(json.dumps(row), flush=True)
 
     (args.out / "mppca_versus.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"\nthreads: {args.threads}; wall seconds, median of {args.rounds} interleaved rounds (CPU seconds)")
-    print("| set | shape | MRtrix | ours | DIPY | MRtrix / ours | DIPY / ours | max abs diff / peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    lines = [f"Threads: {args.threads}; wall seconds, median of {args.rounds} interleaved rounds (CPU seconds "
+             "in brackets), file to file.", "",
+             "| set | shape | MRtrix | ours | DIPY | MRtrix / ours | DIPY / ours | max abs diff / peak |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         def timing(key):
             if key not in row:
@@ -202,13 +203,31 @@ def _versus(args) -> int:
         if "ours_vs_mrtrix_5x5x5" in row:
             ratio += f"; 5x5x5: {row['ours_vs_mrtrix_5x5x5']}"
         diff = f"{row['max_abs_diff_over_peak']:.1e} ({row['reference']})" if "reference" in row else "-"
-        print(
+        lines.append(
             f"| {row['set']} | {'x'.join(map(str, row['shape']))} | {mrtrix} | {timing('ours')} | "
             f"{timing('dipy')} | {ratio} | {row.get('ours_vs_dipy', '-')} | {diff} |"
         )
     loads = [v for row in rows for key in ("ours", "mrtrix") if key in row for v in row[key]["load_before"]]
     if loads:
-        print(f"1-minute load average before the runs: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} CPUs")
+        lines += ["", f"1-minute load average before the runs: {min(loads):.1f} to {max(loads):.1f} on "
+                      f"{os.cpu_count()} CPUs."]
+    print("\n" + "\n".join(lines))
+    if args.markdown:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import common
+
+        machine = common.machine_info()
+        header = [
+            "# MP-PCA speed: bids_denoise against MRtrix3 dwidenoise and DIPY mppca", "",
+            f"- Commit: `{common.git_commit(REPO)}`",
+            f"- Command: `{' '.join(sys.argv)}`",
+            f"- Machine: {machine['cpu_model']}, {machine['cpu_usable']} usable cores, {machine['ram_gib']} GiB RAM",
+            "- Ours: `mppca(patch_radius=2)` (overlap, Veraart 2016), reading and writing the files included; "
+            "MRtrix: `dwidenoise -nthreads <threads>` with its defaults; DIPY: `mppca(patch_radius=2)` once per "
+            "5-slice set (the whole brain takes about an hour and is not run).", "",
+        ]
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text("\n".join(header + lines) + "\n")
     return 0
 
 
@@ -226,6 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--versus", action="store_true", help="interleaved ours / MRtrix / DIPY timing")
     parser.add_argument("--rounds", type=int, default=2, help="--versus: alternations of MRtrix and ours")
     parser.add_argument("--no-dipy", action="store_true", help="--versus: skip DIPY")
+    parser.add_argument("--markdown", type=Path, help="--versus: also write the table, machine and commit here")
     parser.add_argument("--dense-check", action="store_true", help="--versus: whole brain vs the dense engine")
     args = parser.parse_args(argv)
     if args.versus:

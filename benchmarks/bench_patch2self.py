@@ -418,6 +418,11 @@ def analyse(report):
     targets.append(dict(target="synthetic-64, 2 cores, r=1: < 20 s",
                         value=f"{r1['best_s']:.2f} s" if r1 else "-",
                         status=("PASS" if r1["best_s"] < 20 else "FAIL") if r1 else "NOT RUN"))
+    if r1 and v3:  # issue 11: radius 1 at radius-0 cost
+        ratio = r1["best_s"] / v3["best_s"]
+        targets.append(dict(target="synthetic-64, 2 cores, r=1: <= 2x the time of DIPY v3 (r=0), same run",
+                            value=f"{ratio:.2f}x ({r1['best_s']:.2f} s vs {v3['best_s']:.2f} s)",
+                            status="PASS" if ratio <= 2 else "FAIL"))
     if ours0:
         bound = 3 * syn["data_mib"] + 300
         inc = ours0["rss_increase_mib"]

@@ -57,10 +57,20 @@ REAL = sorted(p.name for p in (SHARED / "data").iterdir() if (p / "dwi.nii.gz").
     if (SHARED / "data").is_dir() else []
 #: Our settings on the real sets: the old default, the radius-1 ones and MP-PCA.
 REAL_SETTINGS = ("p2s-r0-voxel-shell-ols", "p2s-r1-voxel-all-ols", "p2s-r1-radial-all-ols",
-                 "p2s-r1-radial-all-ols+rician", "p2s-r2-radial-all-ols", "mppca-shell-veraart-overlap",
-                 "mppca-shell-veraart-overlap+rician", "mppca-all-veraart-overlap")
+                 "p2s-r1-radial-all-ols+rician", "p2s-r1-radial-shell-ols", "p2s-r1-radial-shell-ols+rician",
+                 "p2s-r2-radial-all-ols", "mppca-shell-veraart-overlap", "mppca-shell-veraart-overlap+rician",
+                 "mppca-all-veraart-overlap", "auto-shell", "auto-shell+rician", "auto-all", "auto-all+rician")
 #: The rule applies to phantoms with at least this many diffusion-weighted volumes.
 RULE_MIN_DW = 30
+#: Our settings on the whole-brain phantom (every setting there would take hours on 2 cores).
+#: It has hardi_snr10's scheme and noise, so it checks the short list and the anchors at full
+#: size; the rule is applied to the 5-slice phantoms, where every setting runs.
+WHOLEBRAIN_SETTINGS = ("p2s-r0-voxel-shell-ols", "p2s-r1-radial-all-ols", "p2s-r1-radial-all-ols+rician",
+                       "p2s-r1-radial-shell-ols", "p2s-r1-radial-shell-ols+rician",
+                       "mppca-shell-veraart-overlap", "mppca-shell-veraart-overlap+rician",
+                       "auto-shell", "auto-shell+rician")
+#: Anchors left out on the whole-brain phantom unless --wholebrain-anchors names them.
+WHOLEBRAIN_SLOW_ANCHORS = {"dipy-mppca": "DIPY mppca takes about an hour on the whole brain on 2 cores"}
 
 
 # ---------------------------------------------------------------------------------- settings
@@ -174,29 +184,117 @@ class Cache:
         return path
 
 
-def denoise_all(dataset, folder, methods, cache, log, anchors):
+#: Settings whose error estimate is validated (with and without the correction), besides the
+#: candidates of the auto settings.
+ESTIMATED = ("p2s-r0-voxel-shell-ols", "p2s-r1-radial-shell-ols", "p2s-r1-radial-all-ols",
+             "mppca-shell-veraart-overlap", "mppca-all-veraart-overlap")
+
+
+def denoise_all(dataset, folder, methods, cache, log, anchors, estimates=None):
     """Run every method on one dataset; returns {method: (output path, seconds)}, or
-    {method: (None, error message)} for an anchor that failed on this data."""
+    {method: (None, error message)} for an anchor that failed on this data.
+
+    Each setting runs once without the Rician correction; its ``+rician`` twin corrects that
+    output with the run's noise map (the noise map's time is added). The settings of
+    ``ESTIMATED`` and the candidates of the auto settings also run on perturbed data, for the
+    app's error estimate of every group; ``estimates`` (a dict), when given, receives those
+    (with the true RMSE when the dataset has a ground truth). Auto settings keep, group by
+    group, the candidate with the lower estimate, as the app does.
+    """
     import nibabel as nb
 
+    from bids_denoise.denoise.error import perturbation, pooled_rmse
+    from bids_denoise.denoise.rician import correct_rician_bias
+    from quality_methods import base_name, group_estimates
+
     img, data, bvals = load(folder)
-    outputs = {}
-    sigma_cache, sigma_seconds = {}, 0.0
-    if any(s["rician"] != "none" for s in methods.values()):
-        started = time.perf_counter()
-        sigma_cache["all"] = noise_sigma(data, bvals)[0]  # shared; its time is added to every row using it
-        sigma_seconds = time.perf_counter() - started
-    for name, setting in methods.items():
-        started = time.perf_counter()
-        out = run_ours(data, bvals, setting, sigma_cache)
-        seconds = time.perf_counter() - started
-        if setting["rician"] != "none":
-            seconds += sigma_seconds
+    truth = None
+    if (folder / "gt.nii.gz").is_file():
+        truth = np.asanyarray(nb.load(str(folder / "gt.nii.gz")).dataobj)
+    every = our_settings()
+    started = time.perf_counter()
+    sigma, region, source = noise_sigma(data, bvals)
+    sigma_seconds = time.perf_counter() - started
+    log(f"  {dataset} noise map: {source}, {sigma_seconds:.1f} s")
+    autos = {name: s for name, s in methods.items() if s["method"] == "auto"}
+    needed = {c for s in autos.values() for c in s["candidates"]}
+    needed |= {base_name(n) for n in methods if base_name(n) in ESTIMATED}
+    bases = list(dict.fromkeys([base_name(n) for n in methods if n not in autos] + sorted(needed)))
+    kept, outputs = {}, {}
+
+    def save(name, out, seconds):
         path = cache.root / dataset / "ours" / f"{name}.nii.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        nb.Nifti1Image(out, img.affine).to_filename(str(path))
+        nb.Nifti1Image(np.asarray(out, np.float32), img.affine).to_filename(str(path))
         outputs[name] = (path, seconds)
         log(f"  {dataset} {name}: {seconds:.2f} s")
+
+    failed = {}
+    for base in bases:
+        clock = time.perf_counter()
+        try:
+            out = run_ours(data, bvals, dict(every[base], rician="none"))
+        except ValueError as exc:  # e.g. a radius larger than a 2-slice image: recorded, not fatal
+            log(f"  {dataset} {base}: not run: {exc}")
+            for name in (base, base + "+rician"):
+                if name in methods:
+                    outputs[name] = (None, f"not run: {exc}")
+            failed[base] = str(exc)
+            continue
+        seconds = time.perf_counter() - clock
+        if base in methods:
+            save(base, out, seconds)
+        if base + "+rician" in methods:
+            clock = time.perf_counter()
+            corrected = correct_rician_bias(out, sigma, method="mean")
+            save(base + "+rician", corrected, seconds + sigma_seconds + time.perf_counter() - clock)
+        if base in needed:
+            kept[base] = (out, seconds)
+
+    probe, epsilon = perturbation(data, sigma, region)
+    found = {}
+    for base in sorted(needed - set(failed)):
+        clock = time.perf_counter()
+        perturbed = run_ours(np.asarray(data, np.float32) + epsilon * probe, bvals, dict(every[base], rician="none"))
+        extra = time.perf_counter() - clock
+        for rician in ("none", "mean"):
+            name = base + ("" if rician == "none" else "+rician")
+            rows = group_estimates(noisy=data, bvals=bvals, grouping=every[base]["grouping"], denoised=kept[base][0],
+                                   perturbed=perturbed, probe=probe, epsilon=epsilon, sigma=sigma, region=region,
+                                   rician=rician, truth=truth)
+            found[name] = dict(groups=rows, seconds=kept[base][1] + extra + sigma_seconds)
+        log(f"  {dataset} {base}: error estimate {extra:.2f} s")
+
+    for name, setting in autos.items():
+        if any(c in failed for c in setting["candidates"]):
+            outputs[name] = (None, "not run: a candidate failed")
+            continue
+        rician = setting["rician"]
+        suffix = "" if rician == "none" else "+rician"
+        out = np.asarray(data, np.float32).copy()
+        rows = []
+        candidates = [c + suffix for c in setting["candidates"]]
+        for k, group in enumerate(found[candidates[0]]["groups"]):
+            best = min(candidates, key=lambda c: found[c]["groups"][k]["estimate"])
+            source_out = kept[base_name(best)][0][..., group["indices"]]
+            out[..., group["indices"]] = source_out
+            rows.append(dict(found[best]["groups"][k], chosen=best,
+                             candidates={c: found[c]["groups"][k]["estimate"] for c in candidates}))
+        if rician != "none":
+            out = correct_rician_bias(out, sigma, method=rician)
+        found[name] = dict(groups=rows, seconds=sum(found[c]["seconds"] for c in candidates) - sigma_seconds)
+        save(name, out, found[name]["seconds"])
+
+    if estimates is not None:
+        for name, entry in found.items():
+            groups = entry["groups"]
+            pooled = pooled_rmse([_Estimate(g["estimate"], g["values"]) for g in groups])
+            true = None
+            if truth is not None:
+                true = float(np.sqrt(sum(g["true"] ** 2 * g["values"] for g in groups) / sum(g["values"] for g in groups)))
+            estimates[name] = dict(estimate=pooled, true=true, noise=source,
+                                   groups=[{k: v for k, v in g.items() if k != "indices"} for g in groups])
+
     for name in anchors:
         cached = cache.get(dataset, name)
         if cached is None:
@@ -213,15 +311,30 @@ def denoise_all(dataset, folder, methods, cache, log, anchors):
     return outputs
 
 
-def phantom_results(names, settings, cache, log, anchors) -> dict:
+class _Estimate:
+    """The two fields of ErrorEstimate that pooled_rmse reads."""
+
+    def __init__(self, rmse, n_values):
+        self.rmse, self.n_values = rmse, n_values
+
+
+def phantom_results(names, settings, cache, log, anchors, wholebrain_anchors=()) -> dict:
     results = {}
     for name in names:
         folder = phantom_dir(name)
         _, data, bvals = load(folder)
         log(f"phantom {name} {data.shape}")
         entry = dict(shape=list(data.shape), n_dw=int(np.count_nonzero(bvals > 50)),
-                     noisy=score(None, folder), methods={})
-        for method, (path, seconds) in denoise_all(name, folder, settings, cache, log, anchors).items():
+                     noisy=score(None, folder), methods={}, estimates={})
+        these, their_anchors = settings, anchors
+        if name == WHOLEBRAIN:
+            these = {k: v for k, v in settings.items() if k in WHOLEBRAIN_SETTINGS}
+            their_anchors = [a for a in anchors if a not in WHOLEBRAIN_SLOW_ANCHORS or a in wholebrain_anchors]
+            entry["not_run"] = {a: why for a, why in WHOLEBRAIN_SLOW_ANCHORS.items()
+                                if a in anchors and a not in their_anchors}
+            entry["subset"] = True
+        for method, (path, seconds) in denoise_all(name, folder, these, cache, log, their_anchors,
+                                                   entry["estimates"]).items():
             if path is None:
                 entry["methods"][method] = dict(error=seconds)
                 continue
@@ -232,6 +345,7 @@ def phantom_results(names, settings, cache, log, anchors) -> dict:
 
 def choose_default(phantoms: dict, settings) -> dict:
     """The written rule, applied to the phantom results."""
+    phantoms = {name: entry for name, entry in phantoms.items() if not entry.get("subset")}
     ruled = [name for name, entry in phantoms.items() if entry["n_dw"] >= RULE_MIN_DW]
     table = {}
     for setting in settings:
@@ -248,7 +362,7 @@ def choose_default(phantoms: dict, settings) -> dict:
 
 
 # ----------------------------------------------------------------------------------- timings
-def timing_results(log, repeats=2) -> dict:
+def timing_results(log, repeats=1) -> dict:
     """Ours on the whole-brain phantom and a 96x96x60x200 two-shell array, 2 threads."""
     import torch
 
@@ -266,9 +380,10 @@ def timing_results(log, repeats=2) -> dict:
             for pooling in (("voxel",) if radius == 0 else ("voxel", "radial")):
                 for grouping in ("shell", "all"):
                     kwargs = dict(patch_radius=radius, patch_pooling=pooling, grouping=grouping)
-                    if radius == 2 and pooling == "voxel" and grouping == "all" and data.shape[3] > 100:
+                    if radius == 2 and pooling == "voxel" and data.shape[3] > 100:
                         rows.append(dict(data=label, **kwargs, seconds=None,
-                                         note="not run: 190 x 125 features need a 4.5 GB Gram and its inverse"))
+                                         note="not run: 95 to 190 volumes x 125 features need a 1-4.5 GB Gram "
+                                              "and its inverse (radial pooling is the practical radius 2)"))
                         continue
                     times = []
                     for _ in range(repeats):
@@ -289,10 +404,13 @@ def main(argv=None):
     parser.add_argument("--real", nargs="*", default=REAL, help="real sets of shared/data")
     parser.add_argument("--no-real", action="store_true", help="skip the real sets")
     parser.add_argument("--no-timings", action="store_true", help="skip the whole-brain timings")
-    parser.add_argument("--only", choices=["timings", "phantoms", "real"], help="run one part only")
+    parser.add_argument("--only", choices=["timings", "phantoms", "real", "qc"],
+                        help="run one part only (qc: the QC flags of the cached real-set outputs)")
     parser.add_argument("--anchors", nargs="*", default=list(ANCHORS), help="anchors to run")
     parser.add_argument("--real-settings", nargs="*", default=None,
                         help="our settings on the real sets (default: radius 0 and 1, all poolings)")
+    parser.add_argument("--wholebrain-anchors", nargs="*", default=[],
+                        help=f"slow anchors to run on the whole-brain phantom too ({', '.join(WHOLEBRAIN_SLOW_ANCHORS)})")
     parser.add_argument("--fresh", action="store_true", help="recompute cached anchor outputs")
     parser.add_argument("--threads", type=int, default=2, help="threads for every method (default 2)")
     parser.add_argument("--out", default=str(HERE / "results"), help="where quality.md/.json go")
@@ -322,12 +440,17 @@ def main(argv=None):
     if args.only in (None, "phantoms"):
         if WHOLEBRAIN in args.phantoms:
             make_wholebrain(log)
-        report["phantoms"] = phantom_results(args.phantoms, settings, cache, log, anchors)
+        report["phantoms"] = phantom_results(args.phantoms, settings, cache, log, anchors, args.wholebrain_anchors)
         report["rule"] = choose_default(report["phantoms"], settings)
+        out_dir.mkdir(parents=True, exist_ok=True)  # kept if a later part fails
+        (out_dir / "quality.json").write_text(json.dumps(report, indent=1) + "\n")
     if args.only in (None, "real") and not args.no_real:
         chosen = args.real_settings or list(REAL_SETTINGS)
         report["real"] = quality_real.real_results(args.real, {k: settings[k] for k in chosen}, cache, log,
                                                    anchors, denoise_all, SHARED / "data")
+    if args.only in (None, "real", "qc") and not args.no_real:
+        chosen = args.real_settings or list(REAL_SETTINGS)
+        report["qc_real"] = quality_real.qc_results(args.real, [*chosen, *ANCHORS], DATA, SHARED / "data", log)
     if args.only in (None, "timings") and not args.no_timings:
         make_wholebrain(log)
         report["timings"] = timing_results(log)

@@ -15,7 +15,11 @@ import numpy as np
 
 
 def our_settings() -> dict:
-    """Every setting the app offers for Patch2Self and MP-PCA, without and with the correction."""
+    """Every setting the app offers for Patch2Self, MP-PCA and auto, without and with the correction.
+
+    ``auto-<grouping>`` is ``--method auto`` with Patch2Self at radius 1 (radial pooling) and
+    MP-PCA at its defaults as candidates, on the same volume groups.
+    """
     settings = {}
     for radius in (0, 1, 2):
         for pooling in (("voxel",) if radius == 0 else ("voxel", "radial")):
@@ -32,7 +36,43 @@ def our_settings() -> dict:
                     name = f"mppca-{grouping}-{short}-{reconstruction}" + ("" if rician == "none" else "+rician")
                     settings[name] = dict(method="mppca", grouping=grouping, estimator=estimator,
                                           reconstruction=reconstruction, rician=rician)
+    for grouping in ("shell", "all"):
+        for rician in ("none", "mean"):
+            name = f"auto-{grouping}" + ("" if rician == "none" else "+rician")
+            settings[name] = dict(method="auto", grouping=grouping, rician=rician,
+                                  candidates=(f"p2s-r1-radial-{grouping}-ols", f"mppca-{grouping}-veraart-overlap"))
     return settings
+
+
+def base_name(name: str) -> str:
+    """The setting without its Rician correction (the correction is applied to its output)."""
+    return name.removesuffix("+rician")
+
+
+def group_estimates(*, noisy, bvals, grouping, denoised, perturbed, probe, epsilon, sigma, region, rician,
+                    truth=None) -> list[dict]:
+    """The app's error estimate of every volume group (and the true RMSE in the head, when the
+    truth is given): ``[{"label", "indices", "estimate", "true"}]``."""
+    from bids_denoise.denoise.error import estimate_error
+    from bids_denoise.denoise.rician import correct_rician_bias
+    from bids_denoise.denoise.shells import group_volumes
+
+    rows = []
+    for group in group_volumes(bvals, grouping=grouping):
+        index = list(group.indices)
+        estimate = estimate_error(noisy=noisy[..., index], denoised=denoised[..., index],
+                                  perturbed=perturbed[..., index], probe=probe[..., index], epsilon=epsilon,
+                                  sigma=sigma, region=region, rician_correction=rician)
+        true = None
+        if truth is not None:
+            output = denoised[..., index]
+            if rician != "none":
+                output = correct_rician_bias(output, sigma, method=rician)
+            error = np.asarray(output, np.float64)[region] - np.asarray(truth[..., index], np.float64)[region]
+            true = float(np.sqrt(np.mean(error**2)))
+        rows.append(dict(label=group.label, indices=index, estimate=estimate.rmse, values=estimate.n_values,
+                         true=true))
+    return rows
 
 
 def _mppca_groups(data, bvals, setting):

@@ -87,12 +87,13 @@ def real_results(names, settings, cache, log, anchors, denoise_all, shared_data:
         bvals = np.loadtxt(folder / "dwi.bval", ndmin=1)
         bvecs = np.loadtxt(folder / "dwi.bvec", ndmin=2)
         log(f"real {name} {raw.shape}")
-        outputs = denoise_all(f"real-{name}", folder, settings, cache, log, anchors)
+        estimates = {}
+        outputs = denoise_all(f"real-{name}", folder, settings, cache, log, anchors, estimates)
         mask = brain_mask(raw, bvals)
         inside = raw[mask]
         floor = 1e-3 * float(np.percentile(inside, 99.9))
         entry = dict(shape=list(raw.shape), mask_voxels=int(mask.sum()),
-                     chance_correlation=2.0 / np.sqrt(mask.sum()), methods={})
+                     chance_correlation=2.0 / np.sqrt(mask.sum()), methods={}, estimates=estimates)
         reference_fa = fa_map(score, inside, bvals, bvecs, floor)
         reference_name = "raw"
         if name == SIEMENS:
@@ -119,5 +120,46 @@ def real_results(names, settings, cache, log, anchors, denoise_all, shared_data:
             if method != "raw":
                 row.update(residual_levels(raw, values, bvals, mask))
             entry["methods"][method] = row
+        results[name] = entry
+    return results
+
+
+def qc_results(names, methods, cache_root: Path, shared_data: Path, log) -> dict:
+    """The app's QC flags (``bids_denoise.reports.qc.assess``) for the outputs cached by the
+    runs above: ours (``<cache>/real-<set>/ours/<setting>.nii.gz``) and the anchors, checked on
+    the app's default volume groups with the app's noise map."""
+    import nibabel as nb
+
+    from bids_denoise.denoise.shells import group_volumes
+    from bids_denoise.reports.qc import assess
+    from quality_methods import noise_sigma
+
+    results = {}
+    for name in names:
+        folder = shared_data / name
+        raw = np.asanyarray(nb.load(str(folder / "dwi.nii.gz")).dataobj).astype(np.float32)
+        bvals = np.loadtxt(folder / "dwi.bval", ndmin=1)
+        bvecs = np.loadtxt(folder / "dwi.bvec", ndmin=2)
+        sigma, region, source = noise_sigma(raw, bvals)
+        groups = [(g.label, g.indices) for g in group_volumes(bvals) if g.size >= 2]
+        entry = dict(noise_source=source, groups=[label for label, _ in groups], methods={})
+        for method in methods:
+            path = cache_root / f"real-{name}" / "ours" / f"{method}.nii.gz"
+            if not path.is_file():
+                path = cache_root / f"real-{name}" / f"{method}.nii.gz"
+            if not path.is_file():
+                continue
+            denoised = np.asanyarray(nb.load(str(path)).dataobj).astype(np.float32)
+            quality = assess(raw, denoised, bvals, bvecs, sigma, region, groups,
+                             rician_corrected=method.endswith("+rician"))
+            ratios = [row["ResidualRatio"] for row in quality["Groups"] if row["ResidualRatio"] is not None]
+            correlations = [row["ResidualCorrelation"] for row in quality["Groups"]
+                            if row["ResidualCorrelation"] is not None]
+            entry["methods"][method] = dict(
+                flags=[flag["Check"] + (f"({flag['Group']})" if flag["Group"] else "") for flag in quality["Flags"]],
+                fa_change=(quality["FA"] or {}).get("Change"),
+                max_ratio=max(ratios, default=None), max_correlation=max(correlations, default=None),
+            )
+        log(f"  QC {name}: " + ", ".join(f"{m} {len(v['flags'])}" for m, v in entry["methods"].items()))
         results[name] = entry
     return results
