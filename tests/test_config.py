@@ -93,7 +93,7 @@ def test_defaults_follow_the_engine_constants():
     assert config.workflow.b0_denoising is True
     assert config.workflow.p2s_model == "ols"
     assert config.workflow.p2s_alpha == 1.0
-    assert config.workflow.patch_radius == (0, 0, 0)
+    assert config.workflow.patch_radius == (1, 1, 1) and config.workflow.patch_pooling == "radial"
     assert config.workflow.device == "auto"
     assert config.nipype.plugin == "MultiProc"
     assert config.nipype.crashfile_format == "txt"
@@ -180,7 +180,7 @@ def test_dumps_drops_none_and_writes_paths_as_strings(tmp_path):
     assert document["execution"]["bids_dir"] == str(tmp_path / "bids")
     assert "participant_label" not in document["execution"]
     assert "mem_gb" not in document["nipype"]
-    assert document["workflow"]["patch_radius"] == [0, 0, 0]
+    assert document["workflow"]["patch_radius"] == [1, 1, 1]
     assert "layout" not in document["execution"]
 
 

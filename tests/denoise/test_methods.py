@@ -67,7 +67,7 @@ def test_interface_inputs_and_sidecar_parameters_come_from_the_options():
         method="patch2self", b0_threshold=50, shell_grouping="all", shell_tolerance=100, b0_denoising=True,
         **vars(settings)))
     assert list(parameters)[:4] == ["B0Threshold", "ShellGrouping", "ShellTolerance", "B0Denoising"]
-    assert parameters["PatchRadius"] == [1, 1, 0] and parameters["PatchPooling"] == "voxel"
+    assert parameters["PatchRadius"] == [1, 1, 0] and parameters["PatchPooling"] == "radial"  # the default
 
 
 def test_ddm2_options_left_unset_keep_the_presets():
