@@ -250,6 +250,20 @@ def mp_classify(eigenvalues: torch.Tensor, n_rows: int, n_columns: int, estimato
     return sigma2, rank
 
 
+def _average_overlaps(flat, change, weight, var_sum, rank_sum, mask):
+    """Add to ``flat`` the weighted mean change of the windows that cover each voxel; return the
+    weighted RMS sigma and mean rank maps (0 where no window covers a voxel, or outside ``mask``)."""
+    covered = weight > 0
+    if mask is not None:
+        covered &= torch.from_numpy(mask.reshape(-1)).to(weight.device)
+    safe = torch.where(covered, weight, torch.ones_like(weight))
+    change.div_(safe[:, None].to(torch.float32)).mul_(covered[:, None])  # 0 if not covered
+    flat.add_(change)
+    sigma = torch.where(covered, (var_sum / safe).sqrt(), 0).to(torch.float32)
+    rank_map = torch.where(covered, rank_sum / safe, 0).to(torch.float32)
+    return sigma, rank_map
+
+
 # ------------------------------------------------------------------------------ dense engine
 class _Eigh:
     """``torch.linalg.eigh`` of a batch of symmetric matrices, as fast as PyTorch allows.
@@ -385,15 +399,7 @@ def _run(array, radius, mask, estimator, reconstruction, device, progress, dtype
         eigh.close()
 
     if overlap:
-        weight, var_sum, rank_sum = sums
-        covered = weight > 0
-        if mask is not None:
-            covered &= torch.from_numpy(mask.reshape(-1)).to(device)
-        safe = torch.where(covered, weight, torch.ones_like(weight))
-        change.div_(safe[:, None].to(torch.float32)).mul_(covered[:, None])  # 0 if not covered
-        flat.add_(change)
-        sigma = torch.where(covered, (var_sum / safe).sqrt(), 0).to(torch.float32)
-        rank_map = torch.where(covered, rank_sum / safe, 0).to(torch.float32)
+        sigma, rank_map = _average_overlaps(flat, change, *sums, mask)
     else:
         voxels = torch.from_numpy(windows.voxels).to(device)
         flat.index_add_(0, voxels, change)

@@ -33,7 +33,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from bids_denoise.denoise.mppca import MPPCAResult, _plan_windows, mp_classify
+from bids_denoise.denoise.mppca import MPPCAResult, _average_overlaps, _plan_windows, mp_classify
 from bids_denoise.denoise.mppca._lapack import TridiagonalEigen
 
 #: Bytes of float64 patches per chunk of windows.
@@ -213,15 +213,8 @@ def run(array, radius, mask, estimator, reconstruction, progress, functions):
         change = changes[0]
         for other in changes[1:]:
             change.add_(other)
-        weight, var_sum, rank_sum = box_sum(at_start.view(3, *spatial), window).view(3, n_voxels)
-        covered = weight > 0
-        if mask is not None:
-            covered &= torch.from_numpy(mask.reshape(-1))
-        safe = torch.where(covered, weight, torch.ones_like(weight))
-        change.div_(safe[:, None].to(torch.float32)).mul_(covered[:, None])  # 0 if not covered
-        flat.add_(change)
-        sigma = torch.where(covered, (var_sum / safe).sqrt(), 0).to(torch.float32)
-        rank_map = torch.where(covered, rank_sum / safe, 0).to(torch.float32)
+        sums = box_sum(at_start.view(3, *spatial), window).view(3, n_voxels)
+        sigma, rank_map = _average_overlaps(flat, change, *sums, mask)
     else:
         voxels = torch.from_numpy(windows.voxels)
         flat.index_add_(0, voxels, change)
