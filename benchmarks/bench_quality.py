@@ -199,12 +199,15 @@ def denoise_all(dataset, folder, methods, cache, log, anchors, estimates=None):
     ``ESTIMATED`` and the candidates of the auto settings also run on perturbed data, for the
     app's error estimate of every group; ``estimates`` (a dict), when given, receives those
     (with the true RMSE when the dataset has a ground truth). Auto settings keep, group by
-    group, the candidate with the lower estimate, as the app does.
+    group, the candidate with the lower estimate among those that keep the directional contrast,
+    as the app does (:func:`bids_denoise.interfaces.auto.choose`).
     """
     import nibabel as nb
 
+    from bids_denoise.denoise.contrast import directional_contrast
     from bids_denoise.denoise.error import perturbation, pooled_rmse
     from bids_denoise.denoise.rician import correct_rician_bias
+    from bids_denoise.interfaces.auto import choose
     from quality_methods import base_name, group_estimates
 
     img, data, bvals = load(folder)
@@ -275,11 +278,21 @@ def denoise_all(dataset, folder, methods, cache, log, anchors, estimates=None):
         rows = []
         candidates = [c + suffix for c in setting["candidates"]]
         for k, group in enumerate(found[candidates[0]]["groups"]):
-            best = min(candidates, key=lambda c: found[c]["groups"][k]["estimate"])
-            source_out = kept[base_name(best)][0][..., group["indices"]]
-            out[..., group["indices"]] = source_out
+            index = group["indices"]
+            contrasts = {}
+            for c in candidates:
+                candidate_out = kept[base_name(c)][0][..., index]
+                if rician != "none":
+                    candidate_out = correct_rician_bias(candidate_out, sigma, method=rician)
+                contrasts[c] = directional_contrast(noisy=data[..., index], denoised=candidate_out,
+                                                    bvals=bvals[index], sigma=sigma, region=region)
+            best, passed_over = choose(candidates, {c: _Estimate(found[c]["groups"][k]["estimate"], 0)
+                                                    for c in candidates}, contrasts)
+            out[..., index] = kept[base_name(best)][0][..., index]
             rows.append(dict(found[best]["groups"][k], chosen=best,
-                             candidates={c: found[c]["groups"][k]["estimate"] for c in candidates}))
+                             candidates={c: found[c]["groups"][k]["estimate"] for c in candidates},
+                             contrast={c: None if v is None else round(v.ratio, 4) for c, v in contrasts.items()},
+                             passed_over=passed_over))
         if rician != "none":
             out = correct_rician_bias(out, sigma, method=rician)
         found[name] = dict(groups=rows, seconds=sum(found[c]["seconds"] for c in candidates) - sigma_seconds)

@@ -48,7 +48,13 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from bids_denoise.__about__ import __version__
-from bids_denoise.denoise.methods import DEFAULT_METHOD, METHODS, all_options
+from bids_denoise.denoise.methods import (
+    DEFAULT_GROUPING,
+    DEFAULT_METHOD,
+    DEFAULT_RICIAN_CORRECTION,
+    METHODS,
+    all_options,
+)
 from bids_denoise.denoise.shells import B0_THRESHOLD, GROUPINGS, SHELL_TOLERANCE
 
 #: Environment variables that our Docker/Apptainer images set: the image's name and tag, and
@@ -357,11 +363,11 @@ class workflow(_Config):
     """Volumes with b <= this (s/mm²) are b0s."""
     shell_tolerance = float(SHELL_TOLERANCE)
     """b-values closer than this (s/mm²) belong to one shell."""
-    shell_grouping = "shell"
+    shell_grouping = DEFAULT_GROUPING
     """``shell``: denoise each shell separately; ``all``: pool all diffusion-weighted volumes."""
     b0_denoising = True
     """Denoise the b0 volumes (as their own group)."""
-    rician_correction = "none"
+    rician_correction = DEFAULT_RICIAN_CORRECTION
     """Remove the Rician noise floor after denoising: ``none``, ``mean`` or ``moments``
     (:mod:`bids_denoise.denoise.rician`), with the run's noise map (:mod:`bids_denoise.denoise.noise`)."""
     error_estimate = True

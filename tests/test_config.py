@@ -86,10 +86,11 @@ def _non_default_settings(tmp_path: Path) -> dict:
 
 # ------------------------------------------------------------------------------ defaults
 def test_defaults_follow_the_engine_constants():
-    assert config.workflow.method == "patch2self"
+    assert config.workflow.method == "auto"
+    assert config.workflow.rician_correction == "mean"
     assert config.workflow.b0_threshold == shells.B0_THRESHOLD == 50.0
     assert config.workflow.shell_tolerance == shells.SHELL_TOLERANCE == 100.0
-    assert config.workflow.shell_grouping == "shell"
+    assert config.workflow.shell_grouping == "all"
     assert config.workflow.b0_denoising is True
     assert config.workflow.p2s_model == "ols"
     assert config.workflow.p2s_alpha == 1.0
@@ -294,7 +295,7 @@ def test_sections_cannot_be_instantiated():
     # and get() returns copies
     values = config.workflow.get()
     values["method"] = "changed"
-    assert config.workflow.method == "patch2self"
+    assert config.workflow.method == "auto"
     assert copy.deepcopy(config.get()) == config.get()
 
 

@@ -42,7 +42,7 @@ def build_pipeline(dwi, bval, bvec, work_dir):
     source = pe.Node(niu.IdentityInterface(fields=["dwi", "bval", "bvec"]), name="source")
     source.inputs.dwi, source.inputs.bval, source.inputs.bvec = str(dwi), str(bval), str(bvec)
 
-    denoise_wf = init_dwi_denoise_wf(b0_threshold=50, shell_grouping="shell", omp_nthreads=1)
+    denoise_wf = init_dwi_denoise_wf(b0_threshold=50, omp_nthreads=1)  # the app's defaults
     downstream = pe.Node(
         niu.Function(function=mean_b0, input_names=["in_file", "bval_file"], output_names=["out_file"]),
         name="mean_b0",

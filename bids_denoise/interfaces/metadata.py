@@ -135,6 +135,9 @@ def _add_error_estimates(groups: list, estimates: list) -> dict:
         if "Chosen" in details:  # --method auto
             entry["Method"] = details.pop("Chosen")
             entry["CandidateRMSE"] = details.pop("Candidates")
+            for key in ("ContrastRetained", "PassedOver"):
+                if key in details:
+                    entry[key] = details.pop(key)
         entry["EstimatedRMSE"] = rmse
         entry["ErrorEstimate"] = details
         total += rmse**2 * details["Values"]

@@ -216,6 +216,18 @@ def estimate_runtime(runs_by_subject: dict, *, settings, n_threads: int):
     return method.check_runtime(checks, settings, device, n_threads, n_runs=len(runs))
 
 
+def _differing_keys(now: dict, before: dict, prefix: str = "") -> list[str]:
+    """Keys whose values differ, nested ones dotted (``Patch2SelfParameters.Model``)."""
+    differing = []
+    for key, value in now.items():
+        old = before.get(key) if isinstance(before, dict) else None
+        if isinstance(value, dict) and isinstance(old, dict):
+            differing += _differing_keys(value, old, f"{prefix}{key}.")
+        elif old != value:
+            differing.append(prefix + key)
+    return differing
+
+
 def conflicting_outputs(run, output_dir, *, method: str, parameters: dict) -> list[str]:
     """Earlier derivatives of ``run`` in ``output_dir`` made with another method or settings.
 
@@ -233,8 +245,7 @@ def conflicting_outputs(run, output_dir, *, method: str, parameters: dict) -> li
         earlier = json.loads(sidecar.read_text())
     except ValueError:
         return [f"{sidecar} (its sidecar cannot be read)"]
-    previous = earlier.get("DenoisingParameters", {})
-    differing = [key for key, value in parameters.items() if previous.get(key) != value]
+    differing = _differing_keys(parameters, earlier.get("DenoisingParameters", {}))
     if earlier.get("DenoisingMethod") != method:
         differing.insert(0, "DenoisingMethod")
     return [f"{sidecar} ({', '.join(differing)} differ)"] if differing else []

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bids_denoise.denoise.methods import DEFAULT_METHOD, get_method
+from bids_denoise.denoise.methods import DEFAULT_GROUPING, DEFAULT_METHOD, DEFAULT_RICIAN_CORRECTION, get_method
 from bids_denoise.denoise.shells import B0_THRESHOLD, MIN_SHELL_VOLUMES, SHELL_TOLERANCE
 from bids_denoise.interfaces.shells import MergeGroupMaps, MergeShells, SplitShells
 
@@ -38,10 +38,10 @@ def init_dwi_denoise_wf(
     method: str = DEFAULT_METHOD,
     b0_threshold: float = B0_THRESHOLD,
     shell_tolerance: float = SHELL_TOLERANCE,
-    shell_grouping: str = "shell",
+    shell_grouping: str = DEFAULT_GROUPING,
     min_shell_volumes: int = MIN_SHELL_VOLUMES,
     b0_denoising: bool = True,
-    rician_correction: str = "none",
+    rician_correction: str = DEFAULT_RICIAN_CORRECTION,
     error_estimate: bool = True,
     device: str = "auto",
     checkpoint_root: str | None = None,
@@ -61,13 +61,14 @@ def init_dwi_denoise_wf(
     Parameters
     ----------
     method : str
-        A method of :data:`bids_denoise.denoise.methods.METHODS` (``"patch2self"``, ``"ddm2"``).
+        A method of :data:`bids_denoise.denoise.methods.METHODS` (``"patch2self"``, ``"mppca"``,
+        ``"ddm2"``, ``"auto"``). Default ``"auto"``.
     b0_threshold : float
         Volumes with ``b <= b0_threshold`` form the b0 group. Default 50.
     shell_tolerance : float
         Largest b-value gap inside one shell. Default 100.
     shell_grouping : {"shell", "all"}
-        One group per shell (default) or all diffusion-weighted volumes pooled.
+        One group per shell, or all diffusion-weighted volumes pooled (default).
     min_shell_volumes : int
         With ``shell_grouping="shell"``, smaller shells are denoised together with their
         nearest shell in b. Default 10.
@@ -75,7 +76,7 @@ def init_dwi_denoise_wf(
         Denoise the b0 group from its own volumes; otherwise copy it. Default True.
     rician_correction : {"none", "mean", "moments"}
         Remove the Rician noise floor from the merged series with the run's noise map (see
-        ``sigma_file``, :mod:`bids_denoise.denoise.rician`). Default "none".
+        ``sigma_file``, :mod:`bids_denoise.denoise.rician`). Default "mean".
     device : {"auto", "cpu", "cuda"}
         PyTorch device.
     checkpoint_root : str, optional

@@ -77,7 +77,7 @@ def test_minimal_command_fills_config_with_defaults(parse, dirs):
     assert ex.verbosity == 0 and ex.log_level == 25
     assert ex.cmdline[0] == "bids-denoise" and ex.cmdline[-2:] == ["-w", str(dirs["work"])]
     wf = config.workflow
-    assert (wf.method, wf.b0_threshold, wf.shell_tolerance, wf.shell_grouping) == ("patch2self", 50.0, 100.0, "shell")
+    assert (wf.method, wf.b0_threshold, wf.shell_tolerance, wf.shell_grouping) == ("auto", 50.0, 100.0, "all")
     assert (wf.b0_denoising, wf.p2s_model, wf.p2s_alpha, wf.patch_radius, wf.device) == (True, "ols", 1.0, (1, 1, 1), "auto")
     assert wf.patch_pooling == "radial"
     nprocs = os.cpu_count()

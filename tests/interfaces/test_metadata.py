@@ -45,3 +45,14 @@ def test_the_automatic_choice_is_recorded_per_group(tmp_path):
     group = _metadata(tmp_path, estimates).dwi_metadata["VolumeGroups"][1]
     assert group["Method"] == "MP-PCA" and group["CandidateRMSE"] == {"Patch2Self": 5.0, "MP-PCA": 4.0}
     assert "Chosen" not in group["ErrorEstimate"]
+
+
+def test_a_candidate_passed_over_for_flattening_the_shells_is_recorded(tmp_path):
+    estimates = [{}, {"EstimatedRMSE": 5.0, "ResidualRMS": 9.0, "NoiseRMS": 9.5, "Divergence": 0.1, "Values": 300,
+                      "Chosen": "MP-PCA", "Candidates": {"Patch2Self": 4.0, "MP-PCA": 5.0},
+                      "ContrastRetained": {"Patch2Self": 0.66, "MP-PCA": 0.99},
+                      "PassedOver": {"Patch2Self": "kept 0.66 of the directional contrast (< 0.8)"}}]
+    group = _metadata(tmp_path, estimates).dwi_metadata["VolumeGroups"][1]
+    assert group["Method"] == "MP-PCA" and group["ContrastRetained"] == {"Patch2Self": 0.66, "MP-PCA": 0.99}
+    assert "0.66" in group["PassedOver"]["Patch2Self"]
+    assert "PassedOver" not in group["ErrorEstimate"] and "ContrastRetained" not in group["ErrorEstimate"]

@@ -36,7 +36,8 @@ def bids(tmp_path):
 def test_mppca_with_rician_correction_writes_its_maps_and_passes_the_validator(bids, tmp_path):
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--skip-bids-validation",
-                 "--nprocs", "1", "--method", "mppca", "--rician-correction", "mean", "--mppca-patch-radius", "1"])
+                 "--nprocs", "1", "--method", "mppca", "--rician-correction", "mean", "--mppca-patch-radius", "1",
+                 "--shell-grouping", "shell"])
     assert code == 0
     folder = out / "sub-01" / "dwi"
     sigma = np.asanyarray(nb.load(folder / "sub-01_desc-sigma_dwimap.nii.gz").dataobj)

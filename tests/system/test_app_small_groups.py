@@ -41,7 +41,8 @@ def test_small_groups_are_reported_everywhere(dataset, tmp_path, capsys):
     bids, data, plugin = dataset
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--skip-bids-validation",
-                 "--use-plugin", str(plugin), "--shell-grouping", "shell"])
+                 "--use-plugin", str(plugin), "--method", "patch2self", "--shell-grouping", "shell",
+                 "--rician-correction", "none"])
     printed = capsys.readouterr()
     assert code == 0, printed.err[-2000:]
     summary = printed.out
@@ -66,7 +67,7 @@ def test_small_groups_are_reported_everywhere(dataset, tmp_path, capsys):
 def test_a_run_without_decisions_has_a_plain_ok(dataset, tmp_path, capsys):
     bids, _, plugin = dataset
     code = main([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
-                 "--skip-bids-validation", "--use-plugin", str(plugin), "--no-b0-denoising",
+                 "--skip-bids-validation", "--use-plugin", str(plugin), "--method", "patch2self", "--no-b0-denoising",
                  "--shell-grouping", "all"])
     summary = capsys.readouterr().out
     assert code == 0

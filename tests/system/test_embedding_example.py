@@ -17,7 +17,8 @@ def test_embedding_recipe_runs_on_the_example_dataset(tmp_path, capsys):
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Denoised and processed:")]
     out_file = Path(printed[-1].split(": ", 1)[1])
     assert out_file.exists()
-    merged = next((tmp_path / "work").rglob("merge_shells/denoised_dwi.nii.gz"))
+    # the workflow's last step: the Rician correction of the merged series (a default)
+    merged = next((tmp_path / "work").rglob("rician_correction/denoised_dwi.nii.gz"))
     denoised = nb.load(merged)
     assert denoised.get_data_dtype() == np.float32
     # The downstream node consumed the denoised series, not the raw one.

@@ -37,7 +37,9 @@ def build_example_report(root: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def patch2self_out(tmp_path_factory):
-    return build_example_report(tmp_path_factory.mktemp("p2s"))
+    # Patch2Self per shell, as written (the defaults, auto over all DWIs, are run by test_integration_app)
+    return build_example_report(tmp_path_factory.mktemp("p2s"), "--method", "patch2self", "--shell-grouping", "shell",
+                                "--rician-correction", "none")
 
 
 def _stats(out: Path) -> dict:
@@ -117,7 +119,7 @@ def _ddm2_runnable() -> bool:
 
 @pytest.mark.skipif(not _ddm2_runnable(), reason="DDM2 is not available in this version")
 def test_ddm2_smoke_report_on_the_example_dataset(tmp_path):
-    out = build_example_report(tmp_path, "--method", "ddm2", "--ddm2-preset", "smoke")
+    out = build_example_report(tmp_path, "--method", "ddm2", "--ddm2-preset", "smoke", "--shell-grouping", "shell")
     parser = check_links(out / "sub-02.html")
     images = [Path(src).name for src in parser.images]
     assert f"{MULTISHELL}_desc-ddm2loss_dwi.svg" in images and f"{MULTISHELL}_desc-ddm2tstar_dwi.svg" in images

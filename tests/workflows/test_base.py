@@ -13,7 +13,7 @@ def runs_by_subject(isolated_app_state, tmp_path):
     layout = init_layout(example_dataset())
     config.from_dict({
         "execution": {"bids_dir": example_dataset(), "output_dir": tmp_path / "out", "work_dir": tmp_path / "work"},
-        "workflow": {"b0_threshold": 70.0, "shell_grouping": "all", "patch_radius": 1},
+        "workflow": {"method": "patch2self", "b0_threshold": 70.0, "shell_grouping": "all", "patch_radius": 1},
     })
     return {s: collect_dwi_runs(layout, s) for s in collect_participants(layout)}
 

@@ -53,7 +53,7 @@ def test_workflow_denoises_every_shell_with_its_own_model_and_resumes(multishell
 
     def run(base):
         wf = init_dwi_denoise_wf(method="ddm2", ddm2_preset="smoke", **{f"ddm2_{k}": v for k, v in TINY.items()},
-                                 checkpoint_root=str(root),
+                                 checkpoint_root=str(root), shell_grouping="shell",
                                  omp_nthreads=1, min_shell_volumes=1)
         wf.base_dir = str(base)
         for field, path in zip(("dwi_file", "bval_file", "bvec_file"), paths):
@@ -168,6 +168,7 @@ def test_bids_app_with_ddm2_smoke_writes_the_patch2self_set_of_derivatives(small
     out = tmp_path / "out"
     command = [sys.executable, "-m", "bids_denoise.cli.run", str(small_bids), str(out), "participant",
                "-w", str(tmp_path / "work"), "--nprocs", "2", "--omp-nthreads", "1", "--method", "ddm2",
+               "--shell-grouping", "shell",
                "--ddm2-preset", "smoke", "--ddm2-stage1-steps", "10", "--ddm2-stage3-steps", "10",
                "--ddm2-sampling-steps", "3", "--ddm2-save-model", "--seed", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -11,7 +11,7 @@ def _node(workflow, name):
 
 
 def test_graph_has_split_mapnode_merge_and_the_embedding_nodes():
-    wf = init_dwi_denoise_wf(b0_threshold=80, shell_tolerance=30, patch_radius=1, omp_nthreads=3)
+    wf = init_dwi_denoise_wf(method="patch2self", b0_threshold=80, shell_tolerance=30, patch_radius=1, omp_nthreads=3)
     names = set(wf.list_node_names())
     assert {"inputnode", "split_shells", "denoise", "merge_shells", "outputnode"} <= names
     assert set(_node(wf, "inputnode").inputs.copyable_trait_names()) == {
@@ -42,6 +42,13 @@ def test_graph_wiring():
     assert ("merge_shells", "outputnode") in edges
 
 
+def test_the_defaults_are_the_winner_of_the_quality_rule():
+    wf = init_dwi_denoise_wf()
+    assert type(wf.get_node("denoise").interface).__name__ == "AutoDenoiser"
+    assert wf.get_node("split_shells").inputs.grouping == "all"
+    assert wf.get_node("rician_correction").interface.inputs.method == "mean"
+
+
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="method"):
         init_dwi_denoise_wf(method="nlmeans")
@@ -50,7 +57,7 @@ def test_unknown_method_is_refused():
 @pytest.mark.parametrize("grouping", ["shell", "all"])
 def test_workflow_output_equals_the_engine(multishell_series, tmp_path, grouping):
     data, bvals, paths = multishell_series
-    wf = init_dwi_denoise_wf(shell_grouping=grouping, omp_nthreads=1)
+    wf = init_dwi_denoise_wf(method="patch2self", shell_grouping=grouping, rician_correction="none", omp_nthreads=1)
     wf.base_dir = str(tmp_path / "work")
     for field, path in zip(("dwi_file", "bval_file", "bvec_file"), paths):
         setattr(wf.inputs.inputnode, field, str(path))
@@ -58,7 +65,7 @@ def test_workflow_output_equals_the_engine(multishell_series, tmp_path, grouping
     merge = next(node for node in result.nodes() if node.name == "merge_shells")
     denoised = nb.load(merge.result.outputs.out_file).get_fdata(dtype=np.float32)
     expected, noise = patch2self_with_noise(data, bvals, grouping=grouping, progress=False, patch_radius=1,
-                                            patch_pooling="radial")  # the app's defaults
+                                            patch_pooling="radial")  # Patch2Self's defaults
     np.testing.assert_allclose(denoised, expected, rtol=0, atol=1e-4)
     merged_noise = nb.load(merge.result.outputs.noise_file).get_fdata(dtype=np.float32)
     np.testing.assert_allclose(merged_noise, noise, rtol=1e-5)
@@ -76,7 +83,7 @@ def test_mppca_rank_maps_and_the_rician_correction_are_wired():
 
 
 def test_every_method_maps_the_run_noise_and_corrects_only_when_asked():
-    plain = init_dwi_denoise_wf(method="patch2self")
+    plain = init_dwi_denoise_wf(method="patch2self", rician_correction="none")
     edges = {(u.name, v.name) for u, v in plain._graph.edges()}
     assert {("inputnode", "estimate_noise"), ("estimate_noise", "outputnode"), ("merge_shells", "outputnode")} <= edges
     assert "rician_correction" not in plain.list_node_names() and "merge_maps" not in plain.list_node_names()

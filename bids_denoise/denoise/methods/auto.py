@@ -1,10 +1,12 @@
-"""``--method auto`` in the registry: every affordable method on every group, the one with the
-lowest estimated error kept."""
+"""``--method auto`` in the registry (the app's default): every affordable method on every group;
+of the outputs that keep the signal's contrast across directions, the one with the lowest
+estimated error is kept."""
 
 from __future__ import annotations
 
 import logging
 
+from bids_denoise.denoise.contrast import RETAINED_MINIMUM
 from bids_denoise.denoise.methods.base import Method, Option
 
 #: Methods tried on every group, in order (DDM2 joins with --auto-ddm2 on a GPU).
@@ -60,13 +62,13 @@ def interface_inputs(settings) -> dict:
 
 
 def memory_gb(shape, settings, largest_group, device) -> float:
-    """The largest candidate, plus the kept output and its perturbed run (float32, twice)."""
+    """The largest candidate, plus every candidate's output and one perturbed run (float32)."""
     voxels = 1
     for size in shape[:3]:
         voxels *= int(size)
     volumes = largest_group or int(shape[3])
     largest = max(entry.memory_gb(shape, settings, largest_group, device) for entry in _entries(settings))
-    return round(largest + 2 * 4 * voxels * volumes / 1e9, 2)
+    return round(largest + (len(_entries(settings)) + 1) * 4 * voxels * volumes / 1e9, 2)
 
 
 def parameters(settings) -> dict:
@@ -82,7 +84,9 @@ def sentence(settings) -> str:
     names = " and ".join(entry.label for entry in entries)
     parts = " ".join(entry.sentence(settings) for entry in entries)
     return (
-        f"Every volume group was denoised with {names}, and the output with the lower error was kept, "
+        f"Every volume group was denoised with {names}. Of the outputs that kept at least "
+        f"{RETAINED_MINIMUM:.0%} of the signal's variance across gradient directions (measured "
+        "against the noisy variance less the noise variance), the one with the lower error was kept, "
         "the error being estimated without ground truth by Monte-Carlo SURE [@stein1981; @ramani2008] "
         f"(the choice for each group is recorded in the sidecar). {parts}"
     )
@@ -92,7 +96,8 @@ AUTO = Method(
     name="auto",
     label="Auto (the method with the lowest estimated error, per group)",
     summary="runs Patch2Self and MP-PCA (and DDM2 with --auto-ddm2 on a GPU) on every volume group and "
-    "keeps the one with the lowest estimated error; about 4 times the time of one method",
+    "keeps, of those that keep the contrast across directions, the one with the lowest estimated "
+    "error; about 4 times the time of one method",
     description="Settings of --method auto (it also uses the Patch2Self and MP-PCA settings).",
     options=OPTIONS,
     interface="bids_denoise.interfaces.auto:AutoDenoiser",
