@@ -79,7 +79,7 @@ def run_app(name: str, threads: int) -> tuple[Path, dict, float]:
         if folder.exists():
             shutil.rmtree(folder)
     cmd = [str(REPO / ".venv" / "bin" / "bids-denoise"), str(bids), str(out), "participant", "-w", str(work),
-           "--nprocs", "1", "--omp-nthreads", str(threads), "--skip-bids-validation"]
+           "--nprocs", str(threads), "--omp-nthreads", str(threads), "--skip-bids-validation"]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -158,7 +158,9 @@ def markdown(report: dict) -> str:
         "",
         f"- Command: `{report['command']}`",
         f"- Commit: {report['commit']}; {machine['cpu_model']}, {machine['cpu_usable']} usable cores, "
-        f"{machine['ram_gib']} GiB RAM, GPU: {machine['gpu'] or 'none'}; {report['threads']} threads; {report['date']}",
+        f"{machine['ram_gib']} GiB RAM, GPU: {machine['gpu'] or 'none'}; {report['date']}",
+        f"- The app ran with `--nprocs {report['threads']} --omp-nthreads {report['threads']}` (times include "
+        "Nipype, the noise map, the error estimate, QC and the report); MRtrix with the same thread count",
         "- Defaults of this commit: `--method auto --shell-grouping all --rician-correction mean` "
         "(Patch2Self radius 1 radial and MP-PCA radius 2 as the candidates)",
         "",
@@ -196,9 +198,14 @@ def markdown(report: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", nargs="*", default=SETS, help="phantoms and/or siemens_trio")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="--nprocs and --omp-nthreads of the app (default 2)")
+    parser.add_argument("--render", metavar="JSON", help="only re-write the Markdown of an earlier run's JSON")
     parser.add_argument("--out", default=str(HERE / "results" / "defaults.md"))
     args = parser.parse_args(argv)
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(markdown(report))
+        return
     started = time.time()
 
     def log(message):

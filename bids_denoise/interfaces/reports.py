@@ -33,6 +33,7 @@ class _DenoisingReportletsInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="the raw 4D DWI series")
     denoised_file = File(exists=True, mandatory=True, desc="its denoised version (same grid)")
     bval_file = File(exists=True, mandatory=True, desc="b-values of in_file")
+    bvec_file = File(exists=True, desc="gradient directions of in_file (FSL layout), for the FA figure")
     groups = traits.List(traits.Dict, mandatory=True, desc="volume groups from SplitShells")
     noise_file = File(exists=True, desc="3D noise map (residual RMS)")
     history_files = InputMultiObject(File(exists=True), desc="DDM2 history JSON, one per group")
@@ -86,12 +87,20 @@ class DenoisingReportlets(SimpleInterface):
             path = getattr(self.inputs, f"{name}_file")
             if isdefined(path):
                 maps[name] = np.asarray(nb.as_closest_canonical(nb.load(path)).dataobj, dtype=np.float32)
+        bvecs = None
+        if isdefined(self.inputs.bvec_file):
+            bvecs = np.loadtxt(self.inputs.bvec_file, ndmin=2)
+            bvecs = bvecs.T if bvecs.shape[0] != 3 and bvecs.shape[-1] == 3 else bvecs
+            if bvecs.shape != (3, raw.shape[3]):  # FA needs no reorientation: it is rotation invariant
+                LOGGER.warning("%s: %s directions for %s volumes; no FA figure", self.inputs.bvec_file,
+                               bvecs.shape, raw.shape[3])
+                bvecs = None
         title = self.inputs.title if isdefined(self.inputs.title) else Path(self.inputs.in_file).name
         made, stats = draw_reportlets(
             raw, denoised, bvals, [dict(g) for g in self.inputs.groups], Path(runtime.cwd), zooms=zooms,
             title=title, b0_threshold=self.inputs.b0_threshold, noise=noise,
             history_files=list(self.inputs.history_files) if isdefined(self.inputs.history_files) else [],
-            sigma=maps.get("sigma"), ranks=maps.get("rank"),
+            sigma=maps.get("sigma"), ranks=maps.get("rank"), bvecs=bvecs,
         )
         stats.update(
             Method=self.inputs.method,

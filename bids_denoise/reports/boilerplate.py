@@ -183,6 +183,17 @@ def _error_sentence(settings) -> str:
             "Gaussian noise, and the Rician mean, variance and bias were accounted for inside a head mask.")
 
 
+def _qc_sentence() -> str:
+    from bids_denoise.reports.qc import HIGH_FA, THRESHOLDS
+
+    return ("Each output was checked without ground truth: a volume group was flagged when its residual "
+            f"exceeded {THRESHOLDS['ResidualRatio']:g} times the noise level, or when the median absolute "
+            "correlation between its residual and the denoised signal exceeded "
+            f"{THRESHOLDS['ResidualCorrelation']:g} (and the spread of white noise), and a series was flagged "
+            f"when the mean FA of its voxels with FA above {HIGH_FA:g} (tensor fit on b ≤ 1500 s/mm²) fell "
+            f"by more than {100 * THRESHOLDS['FADrop']:.0f} % once the noise was added back to the output.")
+
+
 # ---------------------------------------------------------------------------- the paragraph
 def _selected_runs_from_config():
     """The runs the CLI selected (same layout, labels and filters), or ``None``."""
@@ -248,6 +259,7 @@ def build_boilerplate(settings=None, runs=None, *, version: str | None = None) -
         _method_sentence(settings),
         _rician_sentence(settings),
         _error_sentence(settings),
+        _qc_sentence(),
         "The denoised volumes were put back in their acquisition order, and the residuals (raw minus "
         "denoised) were summarised per voxel as a noise map.",
         "The workflow was built with Nipype [@nipype]; data were indexed with PyBIDS [@pybids] and read "

@@ -304,6 +304,41 @@ def plot_mppca_maps(sigma, ranks, labels, mask, zooms, out_file, *, title: str =
     return save(fig, out_file)
 
 
+def plot_fa(fa_raw, fa_denoised, mask, zooms, out_file, *, high: float = 0.4, title: str = "") -> Path:
+    """FA before and after denoising: axial slices of both (rows) and their histograms in the
+    mask, with the mean FA of the voxels above ``high`` (3D maps, 0 outside the mask)."""
+    fa_raw, fa_denoised = (np.asarray(v, dtype=np.float64) for v in (fa_raw, fa_denoised))
+    mask = np.asarray(mask, dtype=bool)
+    view, axis, columns_rows = VIEWS[0]
+    slices = choose_slices(mask, axis, SLICES_PER_VIEW)
+    extent = _extent(fa_raw.shape, zooms, columns_rows)
+    columns = len(slices) + 1
+    fig = new_figure(2.6 * columns + 1.2, 5.6)
+    grid = fig.add_gridspec(2, columns, width_ratios=[1] * len(slices) + [1.6])
+    for row, (name, volume) in enumerate((("raw", fa_raw), ("denoised", fa_denoised))):
+        for k, index in enumerate(slices):
+            ax = fig.add_subplot(grid[row, k])
+            image = ax.imshow(_slice(volume, axis, index, columns_rows), origin="lower", extent=extent,
+                              cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            _bare(ax)
+            ax.set_title(f"FA {name} ({view}, {'xyz'[axis]}={index})", fontsize=8)
+    fig.colorbar(image, ax=[fig.axes[-1]], shrink=0.8)
+    ax = fig.add_subplot(grid[:, -1])
+    bins = np.linspace(0.0, 1.0, 51)
+    for name, volume, colour in (("raw", fa_raw, "#7f7f7f"), ("denoised", fa_denoised, "#1f77b4")):
+        values = volume[mask]
+        above = values[values > high]
+        label = f"{name}: mean of FA > {high:g}: " + (f"{above.mean():.3f}" if above.size else "n/a")
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, color=colour, label=label)
+    ax.axvline(high, color="0.6", linestyle=":", linewidth=1)
+    ax.set_xlabel("FA (tensor fit on b <= 1500)")
+    ax.set_ylabel("voxels in the mask")
+    ax.legend(fontsize=7, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save(fig, out_file)
+
+
 # --------------------------------------------------------------------------------- line plots
 def _groups(stats: Mapping) -> list[Mapping]:
     return list(stats.get("Groups") or [])

@@ -22,6 +22,14 @@ CAPTIONS = {
         "±3 SD (blue negative, red positive). The residual should look like noise everywhere: edges, "
         "ventricles or other anatomy in it mean signal was removed.",
     ),
+    "fa": (
+        "FA before and after",
+        "Fractional anisotropy from a quick log-linear tensor fit on b <= 1500, of the raw (top) and the "
+        "denoised series (bottom), and their histograms inside the mask. Noise makes FA grainy and raises "
+        "it in grey matter; denoising should smooth the grain while white-matter tracts keep their FA. "
+        "A denoised histogram shifted to lower FA across white matter (FA > 0.4) means diffusion contrast "
+        "was removed; the QC box flags a fall of the re-noised FA of more than 10 %.",
+    ),
     "residualhist": (
         "Residual histograms",
         "Distribution of the residuals inside the mask, per denoised group, with a normal distribution of "

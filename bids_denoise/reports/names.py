@@ -2,7 +2,8 @@
 
 Every file is ``<run entities>_desc-<kind>_dwi.<ext>``: ``brainmask`` (PNG), one
 ``mosaic<group>`` per volume group (PNG, e.g. ``mosaicb0``, ``mosaicb1000``), ``residualhist``,
-``residualstd``, ``residualcorr``, ``sigma``, for MP-PCA ``mppcamaps``, and for DDM2 ``ddm2loss`` and ``ddm2tstar``
+``residualstd``, ``residualcorr``, ``sigma``, ``fa`` (PNG, runs that allow a tensor fit), for
+MP-PCA ``mppcamaps``, and for DDM2 ``ddm2loss`` and ``ddm2tstar``
 (SVG); ``reportstats`` (JSON) holds the numbers behind them.
 """
 
@@ -14,7 +15,7 @@ SUFFIX = "dwi"
 STATS_DESC = "reportstats"
 MOSAIC_PREFIX = "mosaic"
 #: Reportlets in the order the report shows them (mosaics go after ``brainmask``).
-ORDER = ("brainmask", MOSAIC_PREFIX, "residualhist", "residualstd", "residualcorr", "sigma", "mppcamaps",
+ORDER = ("brainmask", MOSAIC_PREFIX, "fa", "residualhist", "residualstd", "residualcorr", "sigma", "mppcamaps",
          "ddm2loss", "ddm2tstar")
 FIXED = tuple(kind for kind in ORDER if kind != MOSAIC_PREFIX)
 #: Hook for DDM2: the workflow feeds ``history_files`` to the reportlets when the per-run

@@ -18,7 +18,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 def draw_reportlets(raw, denoised, bvals, groups, out: Path, *, zooms, title: str, b0_threshold: float,
-                    noise=None, history_files=(), sigma=None, ranks=None) -> tuple[list, dict]:
+                    noise=None, history_files=(), sigma=None, ranks=None, bvecs=None) -> tuple[list, dict]:
     """Draw every reportlet of one run into ``out``.
 
     Parameters
@@ -43,6 +43,9 @@ def draw_reportlets(raw, denoised, bvals, groups, out: Path, *, zooms, title: st
         DDM2 training histories, one per group, in group order.
     sigma, ranks : ndarray, optional
         MP-PCA's noise-sigma map (3D) and rank maps (4D, one volume per group).
+    bvecs : ndarray, shape (3, N), optional
+        Gradient directions; with them, runs that allow a tensor fit (a b0 and 6 directions at
+        b <= 1500) get an FA before/after figure (``fa``) and ``stats["FA"]``.
 
     Returns
     -------
@@ -70,6 +73,8 @@ def draw_reportlets(raw, denoised, bvals, groups, out: Path, *, zooms, title: st
             title=f"{title}: {group['Label']}, volume {volume} (b = {bvals[volume]:g}){state}",
             residual_sd=group_stats.get("ResidualStd"),
         )))
+    if bvecs is not None:
+        made += _fa_figure(raw, denoised, bvals, bvecs, mask, zooms, out, title, b0_threshold, stats)
     made.append(("residualhist", figures.plot_residual_histograms(
         stats, out / "residualhist.svg", title=f"{title}: residuals in the brain mask")))
     made.append(("residualstd", figures.plot_residual_std(
@@ -84,6 +89,28 @@ def draw_reportlets(raw, denoised, bvals, groups, out: Path, *, zooms, title: st
     if history_files:
         made += _ddm2_figures(list(history_files), groups, out, title, stats)
     return made, stats
+
+
+def _fa_figure(raw, denoised, bvals, bvecs, mask, zooms, out: Path, title: str, b0_threshold: float, stats: dict):
+    """FA maps of both series in the mask, drawn when the run allows a tensor fit."""
+    import numpy as np
+
+    from bids_denoise.reports.qc import HIGH_FA, dti_fa
+
+    fa_raw = dti_fa(raw, bvals, bvecs, mask, b0_threshold=b0_threshold)
+    if fa_raw is None or not mask.any():
+        return []
+    fa_denoised = dti_fa(denoised, bvals, bvecs, mask, b0_threshold=b0_threshold)
+    maps = []
+    for values in (fa_raw, fa_denoised):
+        volume = np.zeros(mask.shape, np.float32)
+        volume[mask] = values
+        maps.append(volume)
+    high = fa_raw > HIGH_FA
+    stats["FA"] = {"Voxels": int(mask.sum()), "HighVoxels": int(high.sum()),
+                   "MeanRaw": round(float(fa_raw.mean()), 4), "MeanDenoised": round(float(fa_denoised.mean()), 4)}
+    return [("fa", figures.plot_fa(maps[0], maps[1], mask, zooms, out / "fa.png", high=HIGH_FA,
+                                   title=f"{title}: FA before and after"))]
 
 
 def _ddm2_figures(history_files, groups, out: Path, title: str, stats: dict):

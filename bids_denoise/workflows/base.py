@@ -191,7 +191,8 @@ def _add_reportlets(workflow, denoise_wf, run, shape) -> None:
     workflow.connect([
         (denoise_wf, reportlets, [
             ("outputnode.denoised_file", "denoised_file"), ("outputnode.bval_file", "bval_file"),
-            ("outputnode.groups", "groups"), ("outputnode.noise_file", "noise_file"),
+            ("outputnode.bvec_file", "bvec_file"), ("outputnode.groups", "groups"),
+            ("outputnode.noise_file", "noise_file"),
         ]),
         (reportlets, ds_figures, [
             ("figure_files", "in_files"), ("figure_descs", "descs"), ("stats_file", "stats_file"),

@@ -214,3 +214,12 @@ def test_merged_shells_and_radial_pooling_are_stated(tmp_path):
     assert "patches of 3³ voxels), the patch voxels at each distance from the centre averaged" in text
     text = build_boilerplate(_settings(patch_radius=(0, 0, 0), patch_pooling="radial"), [run])
     assert "each distance" not in text  # nothing to pool at radius 0
+
+
+def test_the_quality_checks_and_their_thresholds_are_stated(tmp_path, monkeypatch):
+    from bids_denoise.reports import qc
+
+    text = build_boilerplate(_settings(), [_run(tmp_path, "a", [0, 1000, 1000, 1000])])
+    assert "residual exceeded 1.2 times the noise level" in text and "fell by more than 10 %" in text
+    monkeypatch.setitem(qc.THRESHOLDS, "FADrop", 0.2)
+    assert "fell by more than 20 %" in build_boilerplate(_settings(), [_run(tmp_path, "b", [0, 1000, 1000])])

@@ -97,7 +97,7 @@ def test_the_harness_sees_a_broken_image(tmp_path):
 def test_report_renders_in_chromium(report, tmp_path):
     check_links(report)  # every href/src resolves on disk, every #anchor exists
     found = browser_check(report)
-    assert found["images"] == 7, found  # sub-02: two runs, each a b0 and an all-DWI mosaic, and three more figures
+    assert found["images"] == 8, found  # the multishell run: brain mask, b0 and all-DWI mosaics, FA, four plots
     assert found["broken"] == [] and found["anchors"] == [] and found["errors"] == [], found
     assert "Uncaught" not in found["stderr"]
 

@@ -52,7 +52,7 @@ def test_patch2self_report_on_the_example_dataset(patch2self_out):
     parser = check_links(report)
     images = [Path(src).name for src in parser.images]
     assert images == [f"{MULTISHELL}_desc-{d}_dwi.{e}" for d, e in (
-        ("brainmask", "png"), ("mosaicb0", "png"), ("mosaicb1000", "png"), ("mosaicb2000", "png"),
+        ("brainmask", "png"), ("mosaicb0", "png"), ("mosaicb1000", "png"), ("mosaicb2000", "png"), ("fa", "png"),
         ("residualhist", "svg"), ("residualstd", "svg"), ("residualcorr", "svg"), ("sigma", "svg"))]
     page = report.read_text()
     assert "b0: b=0 × 13" in page and "b1000: b=1000 × 30" in page and "b2000: b=2000 × 60" in page
