@@ -160,7 +160,7 @@ def markdown(report: dict) -> str:
         f"- Commit: {report['commit']}; {machine['cpu_model']}, {machine['cpu_usable']} usable cores, "
         f"{machine['ram_gib']} GiB RAM, GPU: {machine['gpu'] or 'none'}; {report['date']}",
         f"- The app ran with `--nprocs {report['threads']} --omp-nthreads {report['threads']}` (times include "
-        "Nipype, the noise map, the error estimate, QC and the report); MRtrix with the same thread count",
+        "Nipype, the noise map, the error estimate, QC and the report)",
         "- Defaults of this commit: `--method auto --shell-grouping all --rician-correction mean` "
         "(Patch2Self radius 1 radial and MP-PCA radius 2 as the candidates)",
         "",
