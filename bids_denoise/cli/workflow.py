@@ -131,7 +131,22 @@ def _mark_missing_outputs(runs_by_subject: dict, statuses: list) -> None:
                 status.state, status.exit_code = FAILED, EXIT_FAILURE
                 status.reason = "no output was written (the run stopped before this run finished)"
             elif status.state == "ok":
-                status.qc_flags = qc_messages(OUTPUTS["dwi"].sidecar_path(run.dwi_file, execution_output()))
+                sidecar = OUTPUTS["dwi"].sidecar_path(run.dwi_file, execution_output())
+                status.qc_flags = qc_messages(sidecar)
+                for note in group_notes(sidecar):  # decisions taken while running (--method auto)
+                    if note not in status.warnings:
+                        status.warnings.append(note)
+
+
+def group_notes(sidecar) -> list[str]:
+    """``group <label>: <note>`` for every decision recorded in a sidecar's VolumeGroups."""
+    import json
+
+    try:
+        groups = json.loads(Path(sidecar).read_text()).get("VolumeGroups") or []
+    except (OSError, ValueError):
+        return []
+    return [f"group {group.get('Label')}: {note}" for group in groups for note in group.get("Notes", [])]
 
 
 def qc_messages(sidecar) -> list[str]:

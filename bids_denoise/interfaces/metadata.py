@@ -73,13 +73,17 @@ class DenoisingMetadata(SimpleInterface):
         for group, n_denoised, device, seconds in zip(
             self.inputs.groups, self.inputs.n_denoised, self.inputs.devices, self.inputs.run_times
         ):
-            entry = {**group, "Denoised": n_denoised > 0, "Device": device, "RunTime": seconds}
-            notes = group_decisions(_as_volume_group(group), b0_denoising=b0_denoising, min_volumes=min_volumes)
-            if notes:
-                entry["Notes"] = notes
-            groups.append(entry)
+            groups.append({**group, "Denoised": n_denoised > 0, "Device": device, "RunTime": seconds})
         error_summary = _add_error_estimates(groups, self.inputs.error_estimates
                                              if isdefined(self.inputs.error_estimates) else [])
+        minimum_of = {entry.label: entry.min_group_volumes for entry in METHODS.values()}
+        for entry in groups:
+            # --method auto: the group follows the rules of the method it kept (Patch2Self copies
+            # a group of 2, which must then be reported like any copy)
+            chosen_minimum = minimum_of.get(entry.get("Method"), min_volumes)
+            notes = group_decisions(_as_volume_group(entry), b0_denoising=b0_denoising, min_volumes=chosen_minimum)
+            if notes:
+                entry["Notes"] = notes
         raw = self.inputs.raw_metadata if isdefined(self.inputs.raw_metadata) else {}
         carried = {key: raw[key] for key in CARRIED_METADATA if key in raw}
         provenance = {

@@ -690,3 +690,14 @@ def test_graph_plugins_report_runs_as_submitted(app, capsys, tmp_path):
     assert app.run_kwargs["plugin"] == "SLURMGraph"
     out = capsys.readouterr().out
     assert "[submitted]" in out and "queued on the cluster" in out and "0 failed" in out
+
+
+def test_group_notes_recorded_while_running_come_from_the_sidecar(tmp_path):
+    from bids_denoise.cli.workflow import group_notes
+
+    sidecar = tmp_path / "x_desc-denoised_dwi.json"
+    sidecar.write_text(json.dumps({"VolumeGroups": [
+        {"Label": "b0", "Notes": ["copied through: 2 volumes, and groups of fewer than 3 are not denoised"]},
+        {"Label": "dwi"}]}))
+    assert group_notes(sidecar) == ["group b0: copied through: 2 volumes, and groups of fewer than 3 are not denoised"]
+    assert group_notes(tmp_path / "missing.json") == []

@@ -56,3 +56,19 @@ def test_a_candidate_passed_over_for_flattening_the_shells_is_recorded(tmp_path)
     assert group["Method"] == "MP-PCA" and group["ContrastRetained"] == {"Patch2Self": 0.66, "MP-PCA": 0.99}
     assert "0.66" in group["PassedOver"]["Patch2Self"]
     assert "PassedOver" not in group["ErrorEstimate"] and "ContrastRetained" not in group["ErrorEstimate"]
+
+
+def test_auto_groups_follow_the_rules_of_the_method_they_kept(tmp_path):
+    """A group of 2 b0s kept from Patch2Self (which copies groups of fewer than 3) is a copy and says so;
+    kept from MP-PCA it is denoised, with no note."""
+    common = {"ResidualRMS": 9.0, "NoiseRMS": 9.5, "Divergence": 1.0, "Values": 100, "Candidates": {}}
+    for chosen, noted in (("Patch2Self", True), ("MP-PCA", False)):
+        out = DenoisingMetadata(
+            method="auto", parameters={"B0Threshold": 50.0}, groups=GROUPS, n_denoised=[0 if noted else 2, 4],
+            devices=["cpu", "cpu"], run_times=[0.5, 1.0], sources=["bids:raw:sub-01/dwi/sub-01_dwi.nii.gz"],
+            error_estimates=[{"EstimatedRMSE": 9.5, "Chosen": chosen, **common},
+                             {"EstimatedRMSE": 4.0, "Chosen": "MP-PCA", **common}],
+        ).run(cwd=str(tmp_path)).outputs
+        b0, dwi = out.dwi_metadata["VolumeGroups"]
+        assert ("copied through: 2 volumes" in " ".join(b0.get("Notes", []))) is noted
+        assert "Notes" not in dwi
