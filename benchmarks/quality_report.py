@@ -216,12 +216,20 @@ def _real_section(report) -> list[str]:
     return lines
 
 
+def _calls(timings) -> str:
+    counts = {len(row.get("all") or [None]) for row in timings["rows"] if row.get("seconds") is not None}
+    if counts == {1}:
+        return "One call each"
+    return f"Best of {max(counts)} calls" if counts else "No call"
+
+
 def _timing_section(report) -> list[str]:
     timings = report.get("timings")
     if not timings:
         return []
     lines = ["## Run times of ours (CPU)", "",
-             f"Best of 2 calls, {timings['threads']} threads, data already in memory.", "",
+             f"{_calls(timings)}, {timings['threads']} threads, data already in memory; 2 cores, nothing else "
+             "running.", "",
              "| data | radius | pooling | grouping | seconds |", "|---|---|---|---|---|"]
     for row in timings["rows"]:
         seconds = fmt(row.get("seconds")) if row.get("seconds") is not None else row.get("note", "-")
