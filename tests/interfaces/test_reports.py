@@ -162,7 +162,7 @@ def test_run_workflow_draws_and_sinks_the_reportlets(example_run):
 
     wf = init_run_wf(example_run)
     reportlets, sink, incoming = _reportlet_edges(wf)
-    assert incoming == {"denoised_file", "bval_file", "groups", "noise_file"}  # no DDM2 history
+    assert incoming == {"denoised_file", "bval_file", "bvec_file", "groups", "noise_file"}  # no DDM2 history
     assert reportlets.inputs.in_file == str(example_run.dwi_file)
     assert sink.inputs.base_directory == str(config.execution.output_dir)
     assert sink.inputs.source_file == str(example_run.dwi_file)
