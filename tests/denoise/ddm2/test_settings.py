@@ -1,4 +1,4 @@
-"""DDM2 presets, overrides, the cost model and the sidecar parameters."""
+"""DDM2 presets, overrides, the calibrated cost model, the CPU guard and the sidecar parameters."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import pytest
 
 from bids_denoise import config
 from bids_denoise.denoise.ddm2 import settings as ddm2_settings
-from bids_denoise.denoise.ddm2.settings import (
-    DDM2Settings,
+from bids_denoise.denoise.ddm2.cost import (
+    Calibration,
+    calibrate,
     estimate_runtime,
     estimate_runtime_seconds,
     estimate_series_seconds,
     format_duration,
+)
+from bids_denoise.denoise.ddm2.settings import (
+    DDM2Settings,
     preset_settings,
     resolve_settings,
     sidecar_parameters,
