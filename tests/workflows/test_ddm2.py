@@ -136,14 +136,18 @@ def test_cli_refuses_ddm2_on_the_cpu_with_the_estimate(small_bids, tmp_path, iso
     assert run_module.main(_argv(small_bids, tmp_path, "--device", "cpu")) == EXIT_USAGE
     err = capsys.readouterr().err
     # The default preset (fast) is refused too, with its estimate in hours or days.
-    assert "preset 'fast' on the CPU is estimated to take about" in err
+    # (calibrated on this machine with the run's thread count, so only the units are fixed)
+    assert "preset 'fast' on the CPU with 1 thread(s) is estimated to take about" in err
     assert " h for " in err or " days for " in err
     assert "--force" in err and "--ddm2-preset smoke" in err
+    # the refusal names the cpu preset with its own estimate for the same runs
+    assert "--ddm2-preset cpu (about " in err
     assert started == [] and not (tmp_path / "out" / "sub-02").exists()
-    # smoke is allowed, and so is any preset with --force
+    # cpu and smoke are allowed, and so is any preset with --force
+    assert run_module.main(_argv(small_bids, tmp_path, "--device", "cpu", "--ddm2-preset", "cpu")) == 0
     assert run_module.main(_argv(small_bids, tmp_path, "--device", "cpu", "--ddm2-preset", "smoke")) == 0
     assert run_module.main(_argv(small_bids, tmp_path, "--device", "cpu", "--ddm2-preset", "fast", "--force")) == 0
-    assert len(started) == 2
+    assert len(started) == 3
 
 
 def test_parser_fills_the_ddm2_settings(small_bids, tmp_path, isolated_app_state):
