@@ -38,7 +38,7 @@ def test_ddm2_graph_keeps_the_contract_and_passes_the_settings(tmp_path):
     assert {"history_files", "model_files", "group_labels"} <= outputs
     denoise = wf.get_node("denoise")
     assert isinstance(denoise.interface, DDM2)
-    assert denoise.iterfield == ["in_file", "bval_file", "group_label", "checkpoint_dir"]
+    assert denoise.iterfield == ["in_file", "bval_file", "bvec_file", "group_label", "checkpoint_dir"]
     assert denoise.n_procs == 2
     inputs = denoise.inputs
     assert inputs.preset == "fast" and inputs.flips == 2 and inputs.seed == 7 and inputs.save_model
@@ -60,15 +60,21 @@ def test_workflow_denoises_every_shell_with_its_own_model_and_resumes(multishell
             setattr(wf.inputs.inputnode, field, str(path))
         result = wf.run()
         merge = next(node for node in result.nodes() if node.name == "merge_shells")
+        denoise = next(node for node in result.nodes() if node.name == "denoise")
+        orders = [json.loads(Path(path).read_text())["neighbour_order"]
+                  for path in denoise.result.outputs.history_file]
+        assert orders == [None, "direction", "direction"]  # b0 group (Patch2Self), b1000, b2000
         return nb.load(merge.result.outputs.out_file).get_fdata(dtype=np.float32)
 
     denoised = run(tmp_path / "work1")
     expected = data.copy()
+    bvecs = np.loadtxt(paths[2])
     with limit_threads(1):
         for group in group_volumes(bvals, min_shell_volumes=1):
             index = list(group.indices)
-            expected[..., index] = ddm2_denoise(data[..., index], bvals[index], preset="smoke", device="cpu",
-                                                progress=False, **TINY).denoised
+            # each shell gets its own b-vectors: Stage I picks its inputs by gradient direction
+            expected[..., index] = ddm2_denoise(data[..., index], bvals[index], bvecs=bvecs[:, index],
+                                                preset="smoke", device="cpu", progress=False, **TINY).denoised
     np.testing.assert_allclose(denoised, expected, rtol=1e-6, atol=1e-3)
     assert sorted(p.name for p in root.iterdir()) == ["b1000", "b2000"]  # the b0 group trains nothing
     files = sorted(root.rglob("*.pt"))
