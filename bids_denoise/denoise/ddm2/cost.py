@@ -5,13 +5,17 @@ The FLOPs of every network call are counted exactly for the network and slice si
 forward). The throughput comes from :func:`calibrate`, which times a few training steps and a
 batched forward of the run's own network, at the run's slice size, precision and thread count,
 on the device that will run it (a few seconds). Without a calibration, the fallback table
-:data:`THROUGHPUT` is used; its CPU rows were measured with the ``cpu`` preset's network and
-the paper's network on 2 cores of an Intel Xeon (Sapphire Rapids, AVX-512 and AMX), its CUDA
-rows on an H100 (shared/reference/ddm2.md section 5.2).
+:data:`THROUGHPUT` is used. Its CUDA rows were measured on an H100 (shared/reference/ddm2.md
+section 5.2). Its CPU rows are conservative round figures for 2 threads: the review in issue
+#14 measured about 75 GFLOP/s per core in fp32 for training, and the calibration of the
+``cpu`` preset's network on 2 cores of an Intel Xeon with AVX-512 and AMX measured about
+120 GFLOP/s for training and 105 for inference (2 threads, another job on the machine); the
+paper-sized network was not timed on the CPU for this table.
 
-Measured on a busy 2-core machine, a calibration measures the same contention the run will
-meet, so the estimate follows the load; benchmarks/results/ddm2.md compares it with measured
-runs.
+A calibration measures the machine as it is at start-up. When the load stays the same, the
+estimate held within 2x of the measured run (tests/denoise/ddm2/test_quality.py); when other
+jobs start after it, a CPU run can take several times longer (a Stage I measured 4.4x its
+estimate on a 2-core machine that became overloaded; benchmarks/results/ddm2.md).
 """
 
 from __future__ import annotations

@@ -163,7 +163,8 @@ def _new_network(in_channels, settings, *, level_input, seed, device, condition_
         if level_input:
             orthogonal_init(model)
     model = model.to(device)
-    if device.type == "cpu":  # oneDNN convolutions run 1.5x faster on channels-last tensors
+    if device.type == "cpu":  # oneDNN's preferred layout; a cpu-preset training step took 0.37-0.44 s
+        # against 0.43-0.48 s in the default layout (73x100 slices, batch 8, 1 thread, busy machine)
         model = model.to(memory_format=torch.channels_last)
     return model
 

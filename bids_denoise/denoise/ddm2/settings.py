@@ -29,11 +29,16 @@ neighbour volumes in acquisition order, each volume divided by its maximum, 10k 
 Adam 1e-4 (Stage I: cosine annealing to 1e-6 over 100,000 steps, the reference's effectively
 constant schedule), 4-flip averaging and the full ancestral chain from each slice's ``t*``.
 
-``fast`` is the practical GPU setting (about half an hour per 96x96x60x64 shell on an H100) and
-``cpu`` the CPU setting (one 73x100x5x60 shell in under 30 minutes on 2 cores). Both use the
-changes that the benchmark (benchmarks/results/ddm2.md) showed to help: Stage-I inputs chosen by
-gradient direction, a percentile scale, Stage III trained only on the noise levels that
-inference visits, and one x0 prediction from ``t*`` averaged over 4 flips instead of a chain.
+``fast`` is the practical GPU setting (about half an hour per 96x96x60x64 shell on an H100, by
+the cost model; not measured on a GPU) and ``cpu`` the CPU setting (sized by the cost model for
+one 73x100x5x60 shell in under 30 minutes on 2 cores; measured times and scores in
+benchmarks/results/ddm2.md). Both use the changes of issue #14: Stage-I inputs chosen by
+gradient direction (the noise-free ceiling measured in the issue: 49.4 dB for the two nearest
+directions against 36.4 dB for volumes v+-1), a percentile scale, Stage III trained only on the
+noise levels that inference visits, and one x0 prediction from ``t*`` averaged over 4 flips
+instead of a chain (the issue's review measured its 10-step chain about 1 dB below the first x0
+prediction of the same network). Their effect against the paper's choices is only partly
+measured so far: see benchmarks/results/ddm2.md.
 ``smoke`` is a tiny network for tests: it checks the plumbing, not the denoising.
 
 Every count can be overridden (:func:`resolve_settings`, the ``--ddm2-*`` options). The run-time
@@ -206,7 +211,8 @@ class DDM2Settings:
         return self.stage1_lr_period or self.stage1_steps
 
 
-#: What the benchmark showed to help (benchmarks/results/ddm2.md), shared by fast, cpu and smoke.
+#: The changes of issue #14, shared by fast, cpu and smoke (see the module docstring for what
+#: was measured and what was not).
 _MEASURED = dict(
     neighbour_order="direction", scale_percentile=SCALE_PERCENTILE, stage3_range="focused",
     sampling_steps=1, eta=0.0,

@@ -30,8 +30,9 @@ OPTIONS = (
         "32, full reverse chain with 4 flips; about 2-3 GPU-hours per shell of 64 volumes of 96x96x60 on an "
         "H100). 'fast': the same network, Stage I 3,000 steps from the 4 nearest gradient directions, Stage "
         "III 20,000 steps on the matched noise levels only, one x0 prediction from t* averaged over 4 flips, "
-        "bf16 and torch.compile (about 30 min per such shell). 'cpu': a width-16 network and short training "
-        "for 2 CPU cores (under 30 min for a 73x100x5 shell of 60 volumes). 'smoke': a tiny network and "
+        "bf16 and torch.compile (estimated at about 30 min per such shell). 'cpu': a width-16 network and short "
+        "training for a few CPU cores (estimated at under 30 min for a 73x100x5 shell of 60 volumes on 2 "
+        "cores). 'smoke': a tiny network and "
         "tens of steps, to test an installation (no useful denoising).",
     ),
     Option(
