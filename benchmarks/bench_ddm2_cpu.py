@@ -10,8 +10,8 @@
     python benchmarks/bench_ddm2_cpu.py baselines
     # the acceptance run: the cpu preset through the BIDS App's own code path, timed
     python benchmarks/bench_ddm2_cpu.py accept --dataset hardi_snr10
-    # the report (benchmarks/results/ddm2.md and .json) from every recorded run
-    python benchmarks/bench_ddm2_cpu.py report
+
+benchmarks/results/ddm2.md is written by hand from the records (there is no report command yet).
 
 Every run records its wall time, the CPU time of the process (``time.process_time``), the
 ``os.times`` of the process and its children, ``/proc/loadavg`` before and after, the seconds
@@ -40,7 +40,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-import common  # noqa: E402
 
 SHARED = Path(os.environ.get("BIDS_DENOISE_SHARED", REPO.parent / "shared"))
 WORK = HERE / "data" / "ddm2" / "cpu"
@@ -323,14 +322,6 @@ def accept(args) -> int:
     return 0
 
 
-# ================================================================================== report
-def report(args) -> int:
-    from bench_ddm2_report import write_report
-
-    write_report(WORK, args.out, commit=common.git_commit(), machine=common.machine_info())
-    return 0
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -350,10 +341,8 @@ def main(argv=None) -> int:
     p_acc = sub.add_parser("accept")
     p_acc.add_argument("--dataset", choices=DATASETS, default="hardi_snr10")
     p_acc.add_argument("--threads", type=int, default=2)
-    p_rep = sub.add_parser("report")
-    p_rep.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
-    return {"run": run, "baselines": baselines, "accept": accept, "report": report}[args.command](args)
+    return {"run": run, "baselines": baselines, "accept": accept}[args.command](args)
 
 
 if __name__ == "__main__":
