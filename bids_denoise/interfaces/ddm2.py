@@ -15,21 +15,28 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_denoise.denoise.methods.ddm2 import FLIP_COUNTS, PRECISIONS, PRESETS
+from bids_denoise.denoise.methods.ddm2 import FLIP_COUNTS, NEIGHBOUR_ORDERS, PRECISIONS, PRESETS, STAGE3_RANGES
 from bids_denoise.interfaces.denoiser import (
     DenoisedGroup,
     DenoiserInputSpec,
     DenoiserOutputSpec,
     GroupDenoiser,
 )
+from bids_denoise.utils.images import save_like
 
 LOGGER = logging.getLogger("nipype.interface")
 #: Keys of the history JSON (the report plots them; keep them stable).
-HISTORY_KEYS = ("stage1_loss", "stage3_loss", "t_star", "stage_seconds", "preset", "steps")
+HISTORY_KEYS = ("stage1_loss", "stage3_loss", "t_star", "stage_seconds", "preset", "steps", "neighbour_order",
+                "stage3_t_max")
 
 
 class _DDM2InputSpec(DenoiserInputSpec):
-    preset = traits.Enum(*PRESETS, usedefault=True, desc="DDM2 preset (paper, fast, smoke)")
+    bvec_file = File(exists=True, desc="FSL b-vectors of in_file (3 rows, one column per volume), for the "
+                     "direction-aware Stage I; without it the Stage-I inputs follow acquisition order")
+    preset = traits.Enum(*PRESETS, usedefault=True, desc="DDM2 preset (paper, fast, cpu, smoke)")
+    n_neighbours = traits.Range(low=1, desc="Stage-I input volumes (default: the preset's)")
+    neighbour_order = traits.Enum(*NEIGHBOUR_ORDERS, desc="how Stage-I inputs are chosen (default: preset)")
+    stage3_range = traits.Enum(*STAGE3_RANGES, desc="noise levels Stage III trains on (default: preset)")
     stage1_steps = traits.Range(low=1, desc="Stage I steps (default: the preset's)")
     stage3_steps = traits.Range(low=1, desc="Stage III steps (default: the preset's)")
     sampling_steps = traits.Range(low=0, desc="reverse steps per slice, 0 = full chain (default: preset)")
@@ -44,12 +51,15 @@ class _DDM2InputSpec(DenoiserInputSpec):
     )
     group_label = traits.Str(desc="label of the group (recorded in the model file)")
     save_model = traits.Bool(False, usedefault=True, desc="also write the trained networks")
+    save_stage1 = traits.Bool(False, usedefault=True,
+                              desc="also write the group with its DDM2 volumes replaced by the Stage-I estimates")
     progress = traits.Bool(True, usedefault=True, desc="tqdm progress bars on stderr")
 
 
 class _DDM2OutputSpec(DenoiserOutputSpec):
     history_file = File(exists=True, desc="JSON: losses, t* per slice, stage times, preset, steps")
     model_file = File(desc="trained networks (torch.save), with save_model and a trained model")
+    stage1_file = File(desc="the group denoised by Stage I alone (float32), with save_stage1 and a trained model")
 
 
 class DDM2(GroupDenoiser):
@@ -72,27 +82,31 @@ class DDM2(GroupDenoiser):
 
     def _overrides(self) -> dict:
         names = ("stage1_steps", "stage3_steps", "sampling_steps", "batch_size", "inference_batch_size",
-                 "flips", "precision")
+                 "flips", "precision", "n_neighbours", "neighbour_order", "stage3_range")
         return {name: getattr(self.inputs, name) for name in names if isdefined(getattr(self.inputs, name))}
 
     def _denoise(self, data, bvals, mask, device) -> DenoisedGroup:
         from bids_denoise.denoise.ddm2 import ddm2_denoise
 
         checkpoint_dir = self.inputs.checkpoint_dir if isdefined(self.inputs.checkpoint_dir) else None
+        bvecs = read_bvecs(self.inputs.bvec_file, data.shape[3]) if isdefined(self.inputs.bvec_file) else None
         result = ddm2_denoise(
-            data, bvals, preset=self.inputs.preset, b0_threshold=self.inputs.b0_threshold,
+            data, bvals, bvecs=bvecs, preset=self.inputs.preset, b0_threshold=self.inputs.b0_threshold,
             b0_denoising=self.inputs.b0_denoising, fit_mask=mask, device=device,
             seed=self.inputs.seed, checkpoint_dir=checkpoint_dir, progress=self.inputs.progress,
-            return_model=self.inputs.save_model, **self._overrides(),
+            return_model=self.inputs.save_model, return_stage1=self.inputs.save_stage1, **self._overrides(),
         )
         return DenoisedGroup(result.denoised, result.noise, int(result.n_denoised), str(result.device),
                              run_time=result.run_time,
-                             extra={"history": result.history, "model": result.model_state})
+                             extra={"history": result.history, "model": result.model_state, "stage1": result.stage1})
 
     def _save_extra(self, result: DenoisedGroup, img, runtime) -> None:
         from bids_denoise.denoise.ddm2.checkpoints import export_model
 
-        history = {key: result.extra["history"][key] for key in HISTORY_KEYS}
+        history = {key: result.extra["history"].get(key) for key in HISTORY_KEYS}
+        if self.inputs.save_stage1 and result.extra.get("stage1") is not None:
+            self._results["stage1_file"] = save_like(img, result.extra["stage1"], runtime.cwd,
+                                                     "stage1_dwi.nii.gz")
         history_file = os.path.join(runtime.cwd, "ddm2_history.json")
         with open(history_file, "w") as stream:
             json.dump(history, stream)
@@ -111,6 +125,29 @@ class _BundleModelsInputSpec(BaseInterfaceInputSpec):
 
 class _BundleModelsOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="one file {'groups': {label: model}} (possibly empty)")
+
+
+def read_bvecs(path, n_volumes: int):
+    """The b-vectors of an FSL ``.bvec`` file as ``(3, n_volumes)``.
+
+    Raises
+    ------
+    DataError
+        If the file does not hold 3 x ``n_volumes`` (or ``n_volumes`` x 3) numbers.
+    """
+    import numpy as np
+
+    from bids_denoise.errors import DataError
+
+    try:
+        bvecs = np.loadtxt(path, ndmin=2)
+    except ValueError as err:
+        raise DataError(f"{path}: not a b-vector file ({err})") from err
+    if bvecs.shape == (n_volumes, 3) and n_volumes != 3:
+        bvecs = bvecs.T
+    if bvecs.shape != (3, n_volumes):
+        raise DataError(f"{path}: expected 3 x {n_volumes} b-vectors, got {bvecs.shape[0]} x {bvecs.shape[1]}")
+    return bvecs
 
 
 class BundleModels(SimpleInterface):

@@ -30,6 +30,7 @@ from bids_denoise.utils.images import load_bvals, save_like
 class _SplitShellsInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="4D DWI series")
     bval_file = File(exists=True, mandatory=True, desc="FSL bval file of in_file")
+    bvec_file = File(exists=True, desc="FSL bvec file of in_file (3 rows); with it, each group gets its own")
     b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b <= threshold is a b0")
     shell_tolerance = traits.Float(SHELL_TOLERANCE, usedefault=True, desc="shell clustering gap")
     grouping = traits.Enum(*GROUPINGS, usedefault=True, desc="one group per shell, or all DWIs pooled")
@@ -40,6 +41,7 @@ class _SplitShellsInputSpec(BaseInterfaceInputSpec):
 class _SplitShellsOutputSpec(TraitedSpec):
     group_files = traits.List(File(exists=True), desc="one 4D image per group")
     group_bval_files = traits.List(File(exists=True), desc="the b-values of each group")
+    group_bvec_files = traits.List(File(exists=True), desc="the b-vectors of each group (with bvec_file)")
     group_indices = traits.List(traits.List(traits.Int), desc="volume positions of each group")
     groups = traits.List(traits.Dict, desc="label, b-value, count and volumes of each group")
 
@@ -62,8 +64,15 @@ class SplitShells(SimpleInterface):
             shell_tolerance=self.inputs.shell_tolerance,
             min_shell_volumes=self.inputs.min_shell_volumes,
         )
+        bvecs = None
+        if isdefined(self.inputs.bvec_file):
+            bvecs = np.loadtxt(self.inputs.bvec_file, ndmin=2)
+            if bvecs.shape != (3, img.shape[3]):
+                raise DataError(f"{self.inputs.bvec_file}: expected 3 rows x {img.shape[3]} columns, "
+                                f"got {bvecs.shape[0]} x {bvecs.shape[1]}")
         data = np.asanyarray(img.dataobj)
-        self._results.update(group_files=[], group_bval_files=[], group_indices=[], groups=[])
+        self._results.update(group_files=[], group_bval_files=[], group_bvec_files=[], group_indices=[],
+                             groups=[])
         for group in groups:
             index = list(group.indices)
             stem = os.path.join(runtime.cwd, f"group-{group.label}")
@@ -73,6 +82,9 @@ class SplitShells(SimpleInterface):
             np.savetxt(f"{stem}_dwi.bval", bvals[index][None], fmt="%g")
             self._results["group_files"].append(f"{stem}_dwi.nii.gz")
             self._results["group_bval_files"].append(f"{stem}_dwi.bval")
+            if bvecs is not None:
+                np.savetxt(f"{stem}_dwi.bvec", bvecs[:, index], fmt="%.8g")
+                self._results["group_bvec_files"].append(f"{stem}_dwi.bvec")
             self._results["group_indices"].append(index)
             self._results["groups"].append(group.as_dict())
         return runtime

@@ -8,7 +8,9 @@ The file, one per denoised volume group, holds::
       "t_star": [[int, ...], ...],            # Stage II matched step t*, per volume, per slice
       "stage_seconds": {"stage1": s, ...},    # wall time of each stage
       "preset": "fast",                       # training preset
-      "steps": {"stage1": n, "stage3": m, ...}
+      "steps": {"stage1": n, "stage3": m, ...},
+      "neighbour_order": "direction",         # how the Stage-I inputs were chosen
+      "stage3_t_max": 380                     # largest diffusion step Stage III trained on
     }
 
 Missing or malformed keys are tolerated: a plot shows what is there and says what is not.
@@ -27,7 +29,8 @@ import numpy as np
 from bids_denoise.reports._mpl import new_figure, save
 from bids_denoise.reports.figures import group_colour
 
-HISTORY_KEYS = ("stage1_loss", "stage3_loss", "t_star", "stage_seconds", "preset", "steps")
+HISTORY_KEYS = ("stage1_loss", "stage3_loss", "t_star", "stage_seconds", "preset", "steps", "neighbour_order",
+                "stage3_t_max")
 
 
 def _numbers(values) -> list[float]:
@@ -41,6 +44,11 @@ def _numbers(values) -> list[float]:
     return out
 
 
+def _integer(value) -> int | None:
+    numbers = _numbers([value])
+    return int(round(numbers[0])) if numbers and math.isfinite(numbers[0]) else None
+
+
 def load_history(path: str | os.PathLike) -> dict:
     """Read and normalise a DDM2 history file.
 
@@ -48,8 +56,8 @@ def load_history(path: str | os.PathLike) -> dict:
     -------
     dict
         ``stage1_loss`` and ``stage3_loss`` (lists of float), ``t_star`` (list of lists of
-        int, one per volume), ``stage_seconds`` and ``steps`` (dicts), ``preset`` (str or
-        ``None``).
+        int, one per volume), ``stage_seconds`` and ``steps`` (dicts), ``preset`` and
+        ``neighbour_order`` (str or ``None``), ``stage3_t_max`` (int or ``None``).
 
     Raises
     ------
@@ -73,11 +81,14 @@ def load_history(path: str | os.PathLike) -> dict:
         if isinstance(data.get("stage_seconds"), dict) else {},
         "preset": None if data.get("preset") is None else str(data.get("preset")),
         "steps": dict(data["steps"]) if isinstance(data.get("steps"), dict) else {},
+        "neighbour_order": None if data.get("neighbour_order") is None else str(data.get("neighbour_order")),
+        "stage3_t_max": _integer(data.get("stage3_t_max")),
     }
 
 
 def summarise_history(history: Mapping) -> dict:
-    """Numbers for the report: final losses, t* range/median, preset and steps.
+    """Numbers for the report: final losses, t* range/median, preset, steps, the Stage-I input
+    choice and the last step Stage III trained on.
 
     Stage times are left out on purpose: the statistics file must be identical when an
     interrupted run is resumed (times live in the sidecar's ``VolumeGroups[].RunTime``).
@@ -96,6 +107,8 @@ def summarise_history(history: Mapping) -> dict:
         "TStarMedian": float(np.median(t_values)) if t_values else None,
         "TStarMin": int(min(t_values)) if t_values else None,
         "TStarMax": int(max(t_values)) if t_values else None,
+        "NeighbourOrder": history.get("neighbour_order"),
+        "Stage3MaxStep": history.get("stage3_t_max"),
     }
 
 

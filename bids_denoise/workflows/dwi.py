@@ -164,7 +164,9 @@ def init_dwi_denoise_wf(
                     min_shell_volumes=min_shell_volumes),
         name="split_shells",
     )
-    iterfield = ["in_file", "bval_file", *group_inputs]
+    # a method that can use the gradient directions (DDM2's Stage-I inputs) gets each group's own
+    with_bvecs = "bvec_file" in inputs
+    iterfield = ["in_file", "bval_file", *(["bvec_file"] if with_bvecs else []), *group_inputs]
     denoise = pe.MapNode(interface, iterfield=iterfield, name="denoise", n_procs=omp_nthreads, mem_gb=mem_gb)
     merge = pe.Node(MergeShells(), name="merge_shells")
 
@@ -187,6 +189,11 @@ def init_dwi_denoise_wf(
             ("error_estimate", "error_estimates"),
         ]),
     ])  # fmt:skip
+    if with_bvecs:
+        workflow.connect([
+            (inputnode, split, [("bvec_file", "bvec_file")]),
+            (split, denoise, [("group_bvec_files", "bvec_file")]),
+        ])  # fmt:skip
     final = _connect_maps(workflow, inputnode, denoise, merge, outputnode, maps, rician_correction, device,
                           omp_nthreads)
     _connect_quality_control(workflow, inputnode, split, denoise, final, outputnode, rician_correction)

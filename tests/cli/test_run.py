@@ -382,7 +382,8 @@ def test_ddm2_on_the_cpu_is_refused_without_force(app, capsys):
     # the CPU guard (tests/workflows/test_ddm2.py checks it on real data, with the estimate)
     assert main(app.argv("--method", "ddm2", "--device", "cpu")) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert "DDM2 needs a CUDA GPU" in err and "--force" in err
+    assert "DDM2 with this preset needs a CUDA GPU" in err and "--force" in err
+    assert "--ddm2-preset cpu" in err
     assert "init_wf" not in app.calls and "run" not in app.calls
 
 

@@ -23,6 +23,21 @@ def test_split_groups_by_shell_keeping_acquisition_order(multishell_series, tmp_
         np.testing.assert_array_equal(np.loadtxt(bval_path, ndmin=1), bvals[index])
 
 
+def test_split_gives_each_group_its_own_bvecs(multishell_series, tmp_path):
+    _, _, paths = multishell_series
+    assert _split(paths, tmp_path, min_shell_volumes=1).group_bvec_files == []  # none without bvec_file
+    (tmp_path / "with").mkdir()
+    (tmp_path / "bad").mkdir()
+    out = _split(paths, tmp_path / "with", min_shell_volumes=1, bvec_file=str(paths[2]))
+    bvecs = np.loadtxt(paths[2])
+    assert len(out.group_bvec_files) == 3
+    for path, index in zip(out.group_bvec_files, out.group_indices):
+        np.testing.assert_allclose(np.loadtxt(path, ndmin=2), bvecs[:, index], atol=1e-7)
+    np.savetxt(tmp_path / "bad.bvec", bvecs[:, :5])
+    with pytest.raises(DataError, match="3 rows"):
+        _split(paths, tmp_path / "bad", bvec_file=str(tmp_path / "bad.bvec"))
+
+
 def test_split_merges_small_shells_and_says_so(multishell_series, tmp_path):
     _, _, paths = multishell_series
     out = _split(paths, tmp_path)  # shells of 5 volumes: fewer than 10

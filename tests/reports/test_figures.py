@@ -126,6 +126,8 @@ def _history(n_volumes=5, n_slices=4, seed=0, **changes):
         "stage_seconds": {"stage1": 12.5, "stage2": 0.4, "stage3": 30.1, "inference": 3.2},
         "preset": "smoke",
         "steps": {"stage1": 30, "stage3": 40, "sampling": 6},
+        "neighbour_order": "direction",
+        "stage3_t_max": 380,
     }
     history.update(changes)
     return history
@@ -146,6 +148,7 @@ def test_load_and_summarise_a_history(history_file):
     assert summary["Preset"] == "smoke" and summary["Steps"]["stage3"] == 40
     assert 40 <= summary["TStarMin"] <= summary["TStarMedian"] <= summary["TStarMax"] < 400
     assert summary["Stage1FinalLoss"] == pytest.approx(history["stage1_loss"][-1])
+    assert summary["NeighbourOrder"] == "direction" and summary["Stage3MaxStep"] == 380
     json.dumps(summary, allow_nan=False)
 
 
@@ -167,6 +170,7 @@ def test_malformed_histories_are_tolerated(tmp_path):
     history = ddm2.load_history(path)
     assert history["stage1_loss"] == [1.0, 0.5] and history["stage3_loss"] == []
     assert history["t_star"] == [[1, 2], [7], []] and history["steps"] == {} and history["preset"] is None
+    assert history["neighbour_order"] is None and history["stage3_t_max"] is None
     empty = ("g", {"stage1_loss": [], "stage3_loss": [-1.0, 0.5], "t_star": []})
     _assert_svg(ddm2.plot_loss_curves([empty], tmp_path / "loss.svg"))
     _assert_svg(ddm2.plot_tstar([empty], tmp_path / "tstar.svg"))

@@ -38,7 +38,7 @@ def test_ddm2_graph_keeps_the_contract_and_passes_the_settings(tmp_path):
     assert {"history_files", "model_files", "group_labels"} <= outputs
     denoise = wf.get_node("denoise")
     assert isinstance(denoise.interface, DDM2)
-    assert denoise.iterfield == ["in_file", "bval_file", "group_label", "checkpoint_dir"]
+    assert denoise.iterfield == ["in_file", "bval_file", "bvec_file", "group_label", "checkpoint_dir"]
     assert denoise.n_procs == 2
     inputs = denoise.inputs
     assert inputs.preset == "fast" and inputs.flips == 2 and inputs.seed == 7 and inputs.save_model
@@ -60,15 +60,21 @@ def test_workflow_denoises_every_shell_with_its_own_model_and_resumes(multishell
             setattr(wf.inputs.inputnode, field, str(path))
         result = wf.run()
         merge = next(node for node in result.nodes() if node.name == "merge_shells")
+        denoise = next(node for node in result.nodes() if node.name == "denoise")
+        orders = [json.loads(Path(path).read_text())["neighbour_order"]
+                  for path in denoise.result.outputs.history_file]
+        assert orders == [None, "direction", "direction"]  # b0 group (Patch2Self), b1000, b2000
         return nb.load(merge.result.outputs.out_file).get_fdata(dtype=np.float32)
 
     denoised = run(tmp_path / "work1")
     expected = data.copy()
+    bvecs = np.loadtxt(paths[2])
     with limit_threads(1):
         for group in group_volumes(bvals, min_shell_volumes=1):
             index = list(group.indices)
-            expected[..., index] = ddm2_denoise(data[..., index], bvals[index], preset="smoke", device="cpu",
-                                                progress=False, **TINY).denoised
+            # each shell gets its own b-vectors: Stage I picks its inputs by gradient direction
+            expected[..., index] = ddm2_denoise(data[..., index], bvals[index], bvecs=bvecs[:, index],
+                                                preset="smoke", device="cpu", progress=False, **TINY).denoised
     np.testing.assert_allclose(denoised, expected, rtol=1e-6, atol=1e-3)
     assert sorted(p.name for p in root.iterdir()) == ["b1000", "b2000"]  # the b0 group trains nothing
     files = sorted(root.rglob("*.pt"))
@@ -136,14 +142,18 @@ def test_cli_refuses_ddm2_on_the_cpu_with_the_estimate(small_bids, tmp_path, iso
     assert run_module.main(_argv(small_bids, tmp_path, "--device", "cpu")) == EXIT_USAGE
     err = capsys.readouterr().err
     # The default preset (fast) is refused too, with its estimate in hours or days.
-    assert "preset 'fast' on the CPU is estimated to take about" in err
+    # (calibrated on this machine with the run's thread count, so only the units are fixed)
+    assert "preset 'fast' on the CPU with 1 thread(s) is estimated to take about" in err
     assert " h for " in err or " days for " in err
     assert "--force" in err and "--ddm2-preset smoke" in err
+    # the refusal names the cpu preset with its own estimate for the same runs
+    assert "--ddm2-preset cpu (about " in err
     assert started == [] and not (tmp_path / "out" / "sub-02").exists()
-    # smoke is allowed, and so is any preset with --force
+    # cpu and smoke are allowed, and so is any preset with --force
+    assert run_module.main(_argv(small_bids, tmp_path, "--device", "cpu", "--ddm2-preset", "cpu")) == 0
     assert run_module.main(_argv(small_bids, tmp_path, "--device", "cpu", "--ddm2-preset", "smoke")) == 0
     assert run_module.main(_argv(small_bids, tmp_path, "--device", "cpu", "--ddm2-preset", "fast", "--force")) == 0
-    assert len(started) == 2
+    assert len(started) == 3
 
 
 def test_parser_fills_the_ddm2_settings(small_bids, tmp_path, isolated_app_state):

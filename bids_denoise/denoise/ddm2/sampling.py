@@ -2,7 +2,7 @@
 
 A slice starts at ``x_{t*} = X``, the raw normalised noisy slice (not rescaled). Each reverse
 step ``t -> s`` predicts ``x0`` with the Stage-III network at level ``sqrt(alpha_bar[t])``
-(averaged over flip variants, then clamped to ``[-1, 1]``) and moves to
+(averaged over flip variants, then clamped to the data's range) and moves to
 
     x_s = sqrt(ab[s]) x0 + sqrt(1 - ab[s] - sigma^2) eps_hat + sigma z,
     eps_hat = (x_t - sqrt(ab[t]) x0) / sqrt(1 - ab[t]),
@@ -25,8 +25,13 @@ from bids_denoise.denoise.ddm2.schedule import NoiseSchedule, timestep_pairs
 from bids_denoise.denoise.ddm2.stages import MaybeCompiled, autocast, progress_bar, step_generator
 
 
-def predict_x0(network, x: torch.Tensor, level: torch.Tensor, *, flips: int, device, precision) -> torch.Tensor:
-    """Clamped ``x0`` prediction of ``(B, 1, H, W)`` slices, averaged over ``flips`` variants."""
+def predict_x0(network, x: torch.Tensor, level: torch.Tensor, *, flips: int, device, precision,
+               clip=(-1.0, 1.0)) -> torch.Tensor:
+    """Clamped ``x0`` prediction of ``(B, 1, H, W)`` slices, averaged over ``flips`` variants.
+
+    ``clip`` is the range of the data in normalised units (``[-1, 1]`` when every volume is
+    divided by its maximum; above 1 for the brightest voxels with a percentile scale).
+    """
     variants = FLIP_VARIANTS[:flips]
     inputs = torch.cat([flip_variant(x, variant) for variant in variants])
     levels = level.repeat(len(variants))
@@ -34,7 +39,7 @@ def predict_x0(network, x: torch.Tensor, level: torch.Tensor, *, flips: int, dev
         outputs = network(inputs, levels)
     outputs = outputs.float().reshape(len(variants), *x.shape)
     x0 = sum(flip_variant(outputs[i], variant) for i, variant in enumerate(variants)) / len(variants)
-    return x0.clamp_(-1.0, 1.0)
+    return x0.clamp_(float(clip[0]), float(clip[1]))
 
 
 def reverse_step(x, x0, t, s, schedule: NoiseSchedule, eta: float, generator) -> torch.Tensor:
@@ -54,7 +59,7 @@ def reverse_step(x, x0, t, s, schedule: NoiseSchedule, eta: float, generator) ->
 @torch.no_grad()
 def denoise_slices(model, slices: torch.Tensor, t_star: torch.Tensor, schedule: NoiseSchedule, *,
                    sampling_steps: int, eta: float, flips: int, batch_size: int, precision: str = "fp32",
-                   compile: bool = False, seed: int = 0, progress: bool = True) -> torch.Tensor:
+                   compile: bool = False, seed: int = 0, progress: bool = True, clip=(-1.0, 1.0)) -> torch.Tensor:
     """Denoise ``(S, H, W)`` normalised slices, each from its own ``t*`` (``(S,)``, >= 1).
 
     Parameters
@@ -78,11 +83,13 @@ def denoise_slices(model, slices: torch.Tensor, t_star: torch.Tensor, schedule: 
     seed : int
         Seeds the sampling noise of every batch.
     progress : bool
+    clip : (float, float)
+        Every x0 prediction is clamped to this range (the data's range in normalised units).
 
     Returns
     -------
     torch.Tensor, shape (S, H, W), float32
-        Denoised slices in ``[-1, 1]``.
+        Denoised slices in ``clip``.
     """
     device = slices.device
     schedule = schedule.to(device)
@@ -108,7 +115,8 @@ def denoise_slices(model, slices: torch.Tensor, t_star: torch.Tensor, schedule: 
                 n_eval = x.shape[0] if network.is_compiled else active
                 t, s = current[:n_eval, j], following[:n_eval, j]
                 level = schedule.signal[t].to(torch.float32)
-                x0 = predict_x0(network, x[:n_eval], level, flips=flips, device=device, precision=precision)
+                x0 = predict_x0(network, x[:n_eval], level, flips=flips, device=device, precision=precision,
+                                clip=clip)
                 updated = reverse_step(x[:active], x0[:active], t[:active], s[:active], schedule, eta, generator)
                 x[:active] = updated
                 bar.update(active)

@@ -149,6 +149,20 @@ def match_states(noisy: torch.Tensor, estimate: torch.Tensor, schedule: NoiseSch
     return out.clamp_(1, schedule.n_timesteps)
 
 
+def focused_max_step(t_star_max: int, schedule: NoiseSchedule, margin: float) -> int:
+    """The last diffusion step a focused Stage III trains on.
+
+    The smallest ``t`` whose noise level ``sqrt(1 - ab[t])`` reaches ``1 + margin`` times that
+    of ``t_star_max`` (the noisiest matched slice), capped at ``T``. Inference starts every
+    slice at its own ``t* <= t_star_max`` and only moves towards less noise, so steps beyond
+    this bound are never visited; the margin covers the spread of the continuous levels.
+    """
+    t_star_max = int(min(max(int(t_star_max), 1), schedule.n_timesteps))
+    target = (1.0 + float(margin)) * float(schedule.noise[t_star_max])
+    above = torch.nonzero(schedule.noise.cpu() >= target).flatten()
+    return int(above[0]) if above.numel() else schedule.n_timesteps
+
+
 def timestep_pairs(t_star: torch.Tensor, n_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-slice reverse steps ``(t -> s)`` from each slice's ``t*`` down to 0.
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from bids_denoise.denoise.ddm2.checkpoints import CheckpointStore
 from bids_denoise.denoise.ddm2.data import calibrated_noise, random_flips, shuffle_pixels
-from bids_denoise.denoise.ddm2.schedule import NoiseSchedule, match_states
+from bids_denoise.denoise.ddm2.schedule import NoiseSchedule, focused_max_step, match_states
 from bids_denoise.denoise.ddm2.settings import DDM2Settings
 from bids_denoise.denoise.ddm2.unet import UNet
 
@@ -57,8 +57,32 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def _compile_errors() -> tuple:
+    """The exception types that mean "torch.compile could not compile this", not "this fails"."""
+    errors = []
+    try:
+        from torch._dynamo.exc import BackendCompilerFailed, TorchDynamoException
+
+        errors += [BackendCompilerFailed, TorchDynamoException]
+    except ImportError:  # pragma: no cover - depends on the PyTorch build
+        pass
+    try:
+        from torch._inductor.exc import InductorError
+
+        errors.append(InductorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
 class MaybeCompiled:
-    """Call a module through ``torch.compile`` (CUDA only); fall back to eager on failure."""
+    """Call a module through ``torch.compile`` (CUDA only); fall back to eager mode only when
+    compilation itself fails, and log why.
+
+    Compilation is lazy: it happens at the first call (and again for new shapes), so the
+    fallback sits in :meth:`__call__`. Any other error (out of memory, a shape mismatch) is
+    raised: hiding it behind an eager rerun would only move or duplicate it.
+    """
 
     def __init__(self, module: torch.nn.Module, enabled: bool, device: torch.device):
         self.module = module
@@ -66,8 +90,8 @@ class MaybeCompiled:
         if enabled and device.type == "cuda":
             try:
                 self.compiled = torch.compile(module)
-            except Exception as err:  # pragma: no cover - depends on the toolchain
-                LOGGER.warning("torch.compile is not available (%s); running eagerly.", err)
+            except (RuntimeError, *_compile_errors()) as err:  # e.g. no compiler backend for this build
+                LOGGER.warning("torch.compile is not available (%s: %s); running eagerly.", type(err).__name__, err)
 
     @property
     def is_compiled(self) -> bool:
@@ -77,18 +101,26 @@ class MaybeCompiled:
         if self.compiled is not None:
             try:
                 return self.compiled(*args)
-            except Exception as err:  # pragma: no cover - needs a GPU toolchain
-                LOGGER.warning("torch.compile failed (%s: %s); running eagerly.", type(err).__name__, err)
+            except _compile_errors() as err:  # pragma: no cover - needs a GPU toolchain
+                LOGGER.warning("torch.compile failed (%s: %s); running eagerly from now on.",
+                               type(err).__name__, err)
                 self.compiled = None
         return self.module(*args)
 
 
 @dataclass
 class GroupTensors:
-    """One group on the device, normalised: volumes ``(N, Z, H, W)`` and neighbour table."""
+    """One group on the device, normalised: volumes ``(N, Z, H, W)``, the Stage-I input table
+    and, optionally, the gradient geometry each Stage-I prediction is conditioned on."""
 
     volumes: torch.Tensor
     neighbours: torch.Tensor  # (N, n) int64
+    features: torch.Tensor | None = None  # (N, D) float32
+
+    def stage1_inputs(self, v: torch.Tensor, z: torch.Tensor):
+        """Stage-I network arguments for samples ``(v, z)``: ``(condition (B, n, H, W), features)``."""
+        condition = self.volumes[self.neighbours[v], z[:, None]]
+        return condition, (None if self.features is None else self.features[v])
 
     @property
     def n_volumes(self) -> int:
@@ -193,20 +225,20 @@ def _draw_batch(generator, group: GroupTensors, batch_size, augment):
 def run_stage1(model: UNet, group: GroupTensors, settings: DDM2Settings, *, seed, device, store,
                fingerprint, progress=True, callback=None) -> StageOutcome:
     """Train the Stage-I network in place (or load it from the store)."""
-    volumes, neighbours = group.volumes, group.neighbours
+    volumes = group.volumes
     compiled = MaybeCompiled(model, False, device)  # Stage I is short; compiling rarely pays
 
     def loss_fn(generator):
         v, z, flips = _draw_batch(generator, group, settings.batch_size, settings.augment)
         v, z, flips = v.to(device), z.to(device), flips.to(device)
-        condition = volumes[neighbours[v], z[:, None]]  # (B, n, H, W)
+        condition, features = group.stage1_inputs(v, z)  # (B, n, H, W), (B, D) or None
         target = volumes[v, z].unsqueeze(1)
         condition, target = random_flips([condition, target], flips[0], flips[1])
-        return F.mse_loss(compiled(condition).float(), target)
+        return F.mse_loss(compiled(condition, features).float(), target)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=settings.stage1_lr_period, eta_min=settings.stage1_min_learning_rate
+        optimizer, T_max=settings.stage1_period, eta_min=settings.stage1_min_learning_rate
     )
     return _train("stage1", model, loss_fn, steps=settings.stage1_steps, optimizer=optimizer,
                   scheduler=scheduler, store=store, fingerprint=fingerprint, settings=settings,
@@ -223,8 +255,7 @@ def stage1_estimates(model: UNet, group: GroupTensors, *, batch_size: int) -> to
     pairs = torch.cartesian_prod(torch.arange(n), torch.arange(z)).to(group.volumes.device)
     for start in range(0, pairs.shape[0], batch_size):
         v, s = pairs[start:start + batch_size].unbind(1)
-        condition = group.volumes[group.neighbours[v], s[:, None]]
-        out[v, s] = model(condition)[:, 0].float()
+        out[v, s] = model(*group.stage1_inputs(v, s))[:, 0].float()
     return out
 
 
@@ -255,10 +286,13 @@ def run_stage3(model: UNet, group: GroupTensors, x_hat: torch.Tensor, t_star: to
     """Train the Stage-III denoiser in place (or load it from the store).
 
     Per sample: ``l1 = sqrt(alpha_bar[t*])``; the residual noise ``(X - l1 x_hat) / l2`` is
-    mean-calibrated (eq. 4) and pixel-shuffled; a step ``t ~ U{1..T}`` and a continuous level
-    ``gamma ~ U(sqrt(ab[t]), sqrt(ab[t-1]))`` are drawn; the network sees
+    mean-calibrated (eq. 4) and pixel-shuffled; a step ``t ~ U{1..t_max}`` and a continuous
+    level ``gamma ~ U(sqrt(ab[t]), sqrt(ab[t-1]))`` are drawn; the network sees
     ``gamma x_hat' + sqrt(1 - gamma^2) eps'`` with ``gamma`` and is trained to output the raw
     noisy slice ``X`` (J-invariance: ``X`` itself only enters through its shuffled noise).
+    ``t_max`` is ``T`` for ``stage3_range="full"`` (the paper) and
+    :func:`~bids_denoise.denoise.ddm2.schedule.focused_max_step` of the largest ``t*`` for
+    ``"focused"``: the states inference never visits take no training steps.
 
     Unlike the reference, ``x_hat`` is the Stage-II estimate of the unflipped slice, flipped with
     the sample, instead of a fresh Stage-I forward of the flipped neighbours: the same estimate
@@ -268,11 +302,11 @@ def run_stage3(model: UNet, group: GroupTensors, x_hat: torch.Tensor, t_star: to
     schedule = schedule.to(device)
     compiled = MaybeCompiled(model, settings.compile, device)
     h, w = volumes.shape[-2:]
-    n_timesteps = schedule.n_timesteps
+    t_max = stage3_max_step(t_star, schedule, settings)
 
     def loss_fn(generator):
         v, z, flips = _draw_batch(generator, group, settings.batch_size, settings.augment)
-        t = torch.randint(1, n_timesteps + 1, (settings.batch_size,), generator=generator)
+        t = torch.randint(1, t_max + 1, (settings.batch_size,), generator=generator)
         u = torch.rand(settings.batch_size, generator=generator, dtype=torch.float64)
         permutation = torch.randperm(h * w, generator=generator)
         v, z, flips, t, u = (x.to(device) for x in (v, z, flips, t, u))
@@ -289,7 +323,18 @@ def run_stage3(model: UNet, group: GroupTensors, x_hat: torch.Tensor, t_star: to
         return F.mse_loss(compiled(synthetic, gamma).float(), noisy)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant
+    if settings.stage3_min_learning_rate is None:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant, as the reference
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=settings.stage3_steps, eta_min=settings.stage3_min_learning_rate)
     return _train("stage3", model, loss_fn, steps=settings.stage3_steps, optimizer=optimizer,
                   scheduler=scheduler, store=store, fingerprint=fingerprint, settings=settings,
                   seed=seed, device=device, progress=progress, callback=callback, label="Stage III")
+
+
+def stage3_max_step(t_star: torch.Tensor, schedule: NoiseSchedule, settings: DDM2Settings) -> int:
+    """The largest diffusion step Stage III trains on (see :func:`run_stage3`)."""
+    if settings.stage3_range == "full" or t_star.numel() == 0:
+        return schedule.n_timesteps
+    return focused_max_step(int(t_star.max()), schedule, settings.stage3_margin)

@@ -97,6 +97,17 @@ class LevelEncoding(nn.Module):
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=1))
 
 
+class ConditionEncoding(nn.Module):
+    """A 2-layer MLP of a fixed-length condition vector (the Stage-I gradient geometry)."""
+
+    def __init__(self, in_features: int, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_features, dim * 4), nn.SiLU(), nn.Linear(dim * 4, dim))
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        return self.mlp(condition.float())
+
+
 class SelfAttention(nn.Module):
     """Single-head self-attention over all spatial positions, with a residual connection."""
 
@@ -158,20 +169,30 @@ class UNet(nn.Module):
     network : NetworkSettings
     level_input : bool
         Whether ``forward`` takes a continuous noise level (Stage III).
+    condition_dim : int
+        With ``level_input=False``: length of a condition vector that ``forward`` takes instead
+        (0: none). It is embedded by an MLP and added in every residual block, exactly where the
+        noise level goes in Stage III.
 
     ``forward(x, level=None)`` maps ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``;
     ``level`` is a ``(B,)`` tensor of signal levels ``sqrt(alpha_bar)`` in ``[0, 1]``.
     """
 
     def __init__(self, in_channels: int, out_channels: int = 1, *,
-                 network: NetworkSettings = NetworkSettings(), level_input: bool = False):
+                 network: NetworkSettings = NetworkSettings(), level_input: bool = False,
+                 condition_dim: int = 0):
         super().__init__()
         net = network
         self.network = network
         self.level_input = level_input
         groups = net.norm_groups
-        embed_dim = net.width if level_input else None
-        self.encoding = LevelEncoding(net.width) if level_input else None
+        embed_dim = net.width if level_input or condition_dim else None
+        if level_input:
+            self.encoding = LevelEncoding(net.width)
+        elif condition_dim:
+            self.encoding = ConditionEncoding(condition_dim, net.width)
+        else:
+            self.encoding = None
         block = dict(embed_dim=embed_dim, groups=groups, dropout=net.dropout)
 
         self.stem = nn.Conv2d(in_channels, net.width, 3, padding=1)
@@ -212,7 +233,7 @@ class UNet(nn.Module):
         embedding = None
         if self.encoding is not None:
             if level is None:
-                raise ValueError("this network needs the noise level")
+                raise ValueError("this network needs the noise level (or its condition vector)")
             embedding = self.encoding(level)
         h = self.stem(x)
         skips = [h]

@@ -1,4 +1,4 @@
-"""DDM2 normalisation, neighbour table, noise shuffle, eq. 4 calibration, flips, U-Net."""
+"""DDM2 normalisation, Stage-I input tables, noise shuffle, eq. 4 calibration, flips, U-Net."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from bids_denoise.denoise.ddm2.data import (
     FLIP_VARIANTS,
     calibrated_noise,
     denormalise,
+    direction_neighbours,
     flip_variant,
     from_slices,
     neighbour_indices,
@@ -17,6 +18,7 @@ from bids_denoise.denoise.ddm2.data import (
     random_flips,
     shuffle_pixels,
     to_slices,
+    unit_directions,
     volume_scales,
 )
 from bids_denoise.denoise.ddm2.unet import (
@@ -28,22 +30,38 @@ from bids_denoise.denoise.ddm2.unet import (
 )
 
 
+@pytest.mark.parametrize("percentile", [100.0, 99.9])
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint16, np.float64])
-def test_normalisation_round_trips_to_float32_precision(dtype):
+def test_normalisation_round_trips_to_float32_precision(dtype, percentile):
     rng = np.random.default_rng(0)
     data = rng.uniform(0, 3000, (9, 7, 4, 5)).astype(dtype)
     data[..., 2] = 0  # an all-zero volume stays invertible
     data[0, 0, 0, 3] = -40 if np.issubdtype(dtype, np.signedinteger) or dtype in (np.float32, np.float64) else 0
-    scales = volume_scales(data)
+    scales = volume_scales(data, percentile=percentile)
     normalised = normalise(data, scales)
     assert normalised.dtype == np.float32
-    maxima = data.reshape(-1, 5).max(0)
-    assert np.allclose(normalised.reshape(-1, 5).max(0)[maxima > 0], 1.0)
+    flat = data.reshape(-1, 5).astype(np.float64)
+    expected = np.percentile(flat, percentile, axis=0)
+    np.testing.assert_allclose(scales[expected > 0], expected[expected > 0])
+    if percentile == 100:
+        assert np.allclose(normalised.reshape(-1, 5).max(0)[expected > 0], 1.0)
     assert scales[2] == 1.0
     restored = denormalise(normalised, scales)
     assert restored.dtype == np.float32
     eps = np.finfo(np.float32).eps
     np.testing.assert_allclose(restored, data.astype(np.float64), rtol=0, atol=2 * eps * scales.max())
+
+
+def test_a_percentile_scale_ignores_one_bright_voxel():
+    rng = np.random.default_rng(1)
+    data = rng.uniform(0, 100, (20, 20, 5, 2))
+    spiked = data.copy()
+    spiked[3, 4, 2, 0] = 5000.0  # one spike: the maximum jumps 50-fold
+    assert volume_scales(spiked, percentile=100)[0] > 40 * volume_scales(data, percentile=100)[0]
+    robust, clean = volume_scales(spiked), volume_scales(data)
+    assert robust[0] == pytest.approx(clean[0], rel=0.01) and robust[1] == clean[1]
+    with pytest.raises(ValueError, match="percentile"):
+        volume_scales(data, percentile=0)
 
 
 def test_slice_layout_round_trips():
@@ -63,6 +81,39 @@ def test_neighbours_are_in_acquisition_order_and_wrap():
         assert not np.any(table == np.arange(6)[:, None])  # never its own neighbour
     with pytest.raises(ValueError, match="need at least"):
         neighbour_indices(2, 2)
+
+
+def test_neighbours_by_direction_are_the_nearest_antipodally():
+    # volume 0 along x; volume 3 along -x (the same measurement); volume 1 10 degrees from x,
+    # volume 4 30 degrees, volume 2 along y, volume 5 along z (FSL layout: 3 x N)
+    angle = np.deg2rad
+    bvecs = np.array([[1, 0, 0], [np.cos(angle(10)), np.sin(angle(10)), 0], [0, 1, 0], [-1, 0, 0],
+                      [np.cos(angle(30)), 0, np.sin(angle(30))], [0, 0, 1]], float).T
+    table = neighbour_indices(6, 3, bvecs=bvecs)
+    assert table[0].tolist() == [3, 1, 4]  # antipode first, then by angle
+    assert table[3].tolist() == [0, 1, 4]
+    assert table[2][0] == 1 and table[5][0] == 4
+    assert not np.any(table == np.arange(6)[:, None])
+    # the similarity really is |g . g'|: every chosen input is at least as close as any other
+    g = unit_directions(bvecs)
+    similarity = np.abs(g @ g.T)
+    for v in range(6):
+        others = np.setdiff1d(np.arange(6), np.r_[table[v], v])
+        assert similarity[v, table[v]].min() >= similarity[v, others].max() - 1e-12
+    # (N, 3) input and scaled vectors give the same table
+    np.testing.assert_array_equal(direction_neighbours(3 * bvecs.T, 3), table)
+
+
+def test_repeated_directions_are_each_others_first_input_and_ties_follow_acquisition():
+    bvecs = np.tile(np.eye(3), 2)  # x, y, z, x, y, z
+    table = neighbour_indices(6, 1, bvecs=bvecs)
+    assert table.ravel().tolist() == [3, 4, 5, 0, 1, 2]
+    # y (volume 1) is orthogonal to x and z alike: the tie goes to the volume acquired nearest
+    assert neighbour_indices(6, 2, bvecs=bvecs)[1].tolist() == [4, 0]
+    with pytest.raises(ValueError, match="b-vectors"):
+        unit_directions(np.ones((4, 5)))
+    with pytest.raises(ValueError, match="3 b-vectors"):
+        unit_directions(np.ones((3, 3)), 4)
 
 
 def test_noise_shuffle_keeps_each_slice_histogram_and_uses_one_permutation():

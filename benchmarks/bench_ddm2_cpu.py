@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""DDM2 on the CPU: scored runs, ablations, sampler comparisons and the timed acceptance run.
+
+    # one DDM2 run (any preset and overrides), scored, with Stage I alone and extra samplers
+    python benchmarks/bench_ddm2_cpu.py run --dataset hardi_snr10 --preset cpu --tag cpu \\
+        --samplers "steps=0,eta=1,flips=1" "steps=10,eta=0,flips=1"
+    python benchmarks/bench_ddm2_cpu.py run --dataset hardi_snr10 --preset cpu --tag cpu-acq \\
+        --set neighbour_order=acquisition
+    # baselines (noisy, Patch2Self, MP-PCA ours and DIPY) of every dataset
+    python benchmarks/bench_ddm2_cpu.py baselines
+    # the acceptance run: the cpu preset through the BIDS App's own code path, timed
+    python benchmarks/bench_ddm2_cpu.py accept --dataset hardi_snr10
+
+benchmarks/results/ddm2.md is written by hand from the records (there is no report command yet).
+
+Every run records its wall time, the CPU time of the process (``time.process_time``), the
+``os.times`` of the process and its children, ``/proc/loadavg`` before and after, the seconds
+of each DDM2 stage, the run-time estimate of the calibrated cost model made just before it
+(:func:`bids_denoise.denoise.ddm2.cost.calibrate`, as the app's CPU guard does), and the scores
+of the official ``../shared/bench/score.py`` (unchanged, as a subprocess) for the DDM2 output
+and for Stage I alone. PyTorch runs with ``--threads`` threads (default 2). Records go to
+``benchmarks/data/ddm2/cpu/<dataset>/<tag>.json``; outputs and checkpoints next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+
+SHARED = Path(os.environ.get("BIDS_DENOISE_SHARED", REPO.parent / "shared"))
+WORK = HERE / "data" / "ddm2" / "cpu"
+DATASETS = ("hardi_snr10", "hardi_snr5", "clinical_snr10")
+
+
+# ================================================================================= helpers
+def loadavg() -> list[float]:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:  # pragma: no cover - not Linux
+        return []
+
+
+class Timer:
+    """Wall, process CPU and ``os.times`` of a block, and the load before and after."""
+
+    def __enter__(self):
+        self.load_before = loadavg()
+        self.wall0, self.cpu0, self.times0 = time.perf_counter(), time.process_time(), os.times()
+        return self
+
+    def __exit__(self, *exc):
+        times1 = os.times()
+        self.record = dict(
+            wall_s=round(time.perf_counter() - self.wall0, 2),
+            process_cpu_s=round(time.process_time() - self.cpu0, 2),
+            os_times=dict(user=round(times1.user - self.times0.user, 2),
+                          system=round(times1.system - self.times0.system, 2),
+                          children_user=round(times1.children_user - self.times0.children_user, 2),
+                          children_system=round(times1.children_system - self.times0.children_system, 2)),
+            load_before=self.load_before, load_after=loadavg(),
+        )
+        return False
+
+
+def load_dataset(name: str):
+    import nibabel as nib
+
+    folder = SHARED / "data" / "synthetic" / name
+    img = nib.load(str(folder / "dwi.nii.gz"))
+    bvals = np.loadtxt(folder / "dwi.bval").ravel()
+    bvecs = np.loadtxt(folder / "dwi.bvec")
+    return folder, np.asarray(img.dataobj, dtype=np.float32), bvals, bvecs, img
+
+
+def save_like(img, data, path: Path) -> Path:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), img.affine, img.header), str(path))
+    return path
+
+
+def score(path, folder: Path) -> dict:
+    """The official scorer on a file (or on the noisy input when ``path`` is None)."""
+    command = [sys.executable, str(SHARED / "bench" / "score.py")]
+    command += ["--noisy", str(folder)] if path is None else [str(path), str(folder)]
+    done = subprocess.run(command + ["--json"], capture_output=True, text=True)
+    if done.returncode != 0:
+        return dict(error=(done.stderr or done.stdout).strip()[-500:])
+    report = json.loads(done.stdout)
+    dti = report.get("dti") or {}
+    shells = report.get("shells") or report.get("per_shell") or {}
+    return dict(psnr=report["psnr"], ssim=report["ssim"], ssim_dw=report.get("ssim_dw"),
+                fa_mae=dti.get("fa_mae"), fa_mae_wm=dti.get("fa_mae_wm"), md_rel_err=dti.get("md_rel_err"),
+                shells=shells)
+
+
+def parse_sets(items) -> dict:
+    """``key=value`` pairs (values as Python literals); ``network.width=16`` sets a network field."""
+    from bids_denoise.denoise.ddm2.unet import NetworkSettings
+
+    values, network = {}, {}
+    for item in items or []:
+        key, _, text = item.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        if key.startswith("network."):
+            network[key.split(".", 1)[1]] = value
+        else:
+            values[key] = value
+    if network:
+        values["network"] = network
+    return values, NetworkSettings
+
+
+def settings_for(preset: str, sets: dict):
+    from bids_denoise.denoise.ddm2 import resolve_settings
+
+    sets = dict(sets)
+    network = sets.pop("network", None)
+    base = resolve_settings(preset, **sets)
+    if network:
+        base = dataclasses.replace(base, network=dataclasses.replace(base.network, **network))
+    return base
+
+
+def parse_sampler(text: str) -> dict:
+    values = dict(part.split("=") for part in text.split(",") if part)
+    out = {}
+    for key, value in values.items():
+        key = {"steps": "sampling_steps"}.get(key, key)
+        out[key] = float(value) if key == "eta" else int(value)
+    return out
+
+
+def sampler_label(settings) -> str:
+    chain = {0: "full chain", 1: "x0 from t*"}.get(settings.sampling_steps, f"{settings.sampling_steps} strided")
+    return f"{chain}, eta {settings.eta:g}, {settings.flips} flip(s)"
+
+
+# ===================================================================================== run
+def run(args) -> int:
+    import torch
+
+    from bids_denoise.denoise.ddm2 import ddm2_denoise
+    from bids_denoise.denoise.ddm2.cost import calibrate, estimate_runtime
+
+    torch.set_num_threads(args.threads)
+    folder, data, bvals, bvecs, img = load_dataset(args.dataset)
+    sets, _ = parse_sets(args.set)
+    settings = settings_for(args.preset, sets)
+    out_dir = WORK / args.dataset / args.tag
+    checkpoint = WORK / args.dataset / "ckpt" / (args.checkpoint or args.tag)
+    dwi = bvals > 50
+    shape = (*data.shape[:3], int(dwi.sum()))
+    with Timer() as t_cal:
+        calibration = calibrate(settings, *data.shape[:2], device="cpu", n_threads=args.threads)
+    estimate = estimate_runtime(shape, settings=settings, device="cpu", calibration=calibration)
+    table_estimate = estimate_runtime(shape, settings=settings, device="cpu", n_threads=args.threads)
+    print(f"[{args.tag}] estimate {estimate.total:.0f} s (table {table_estimate.total:.0f} s); "
+          f"load {loadavg()}", flush=True)
+    with Timer() as timer:
+        result = ddm2_denoise(data, bvals, bvecs=None if args.no_bvecs else bvecs, settings=settings, device="cpu",
+                              seed=args.seed, checkpoint_dir=checkpoint, progress=False, return_stage1=True)
+    main_path = save_like(img, result.denoised, out_dir / "ddm2.nii.gz")
+    stage1_path = save_like(img, result.stage1, out_dir / "stage1.nii.gz")
+    t_star = np.asarray(result.history["t_star"])
+    record = dict(
+        dataset=args.dataset, tag=args.tag, preset=args.preset, sets={k: str(v) for k, v in sets.items()},
+        settings=settings.as_dict(), seed=args.seed, threads=args.threads, checkpoint=str(checkpoint),
+        skipped_stages=result.skipped_stages, stage_seconds=result.history["stage_seconds"], timing=timer.record,
+        calibration=dict(dataclasses.asdict(calibration), timing=t_cal.record),
+        estimate=estimate.as_dict(), table_estimate=table_estimate.as_dict(),
+        t_star=dict(min=int(t_star.min()), median=float(np.median(t_star)), max=int(t_star.max())),
+        stage3_t_max=result.history.get("stage3_t_max"), neighbour_order=result.history.get("neighbour_order"),
+        final_losses=dict(stage1=float(np.mean(result.history["stage1_loss"][-50:])),
+                          stage3=float(np.mean(result.history["stage3_loss"][-50:]))),
+        sampler=sampler_label(settings), score=score(main_path, folder), stage1_score=score(stage1_path, folder),
+        samplers=[],
+    )
+    print(f"[{args.tag}] {timer.record} DDM2 {record['score'].get('psnr'):.2f} / "
+          f"{record['score'].get('fa_mae_wm'):.4f}; Stage I {record['stage1_score'].get('psnr'):.2f} / "
+          f"{record['stage1_score'].get('fa_mae_wm'):.4f}", flush=True)
+    save_record(record)
+    for text in args.samplers or []:
+        variant = dataclasses.replace(settings, **parse_sampler(text))
+        with Timer() as t_s:
+            other = ddm2_denoise(data, bvals, bvecs=None if args.no_bvecs else bvecs, settings=variant, device="cpu",
+                                 seed=args.seed, checkpoint_dir=checkpoint, progress=False)
+        path = save_like(img, other.denoised, out_dir / f"sampler-{text.replace(',', '_').replace('=', '')}.nii.gz")
+        entry = dict(spec=text, label=sampler_label(variant), inference_s=other.history["stage_seconds"]["inference"],
+                     timing=t_s.record, score=score(path, folder))
+        record["samplers"].append(entry)
+        print(f"[{args.tag}] sampler {entry['label']}: {entry['score'].get('psnr'):.2f} / "
+              f"{entry['score'].get('fa_mae_wm'):.4f} in {entry['inference_s']:.0f} s", flush=True)
+        save_record(record)
+    return 0
+
+
+def save_record(record: dict) -> None:
+    path = WORK / record["dataset"] / f"{record['tag']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+
+
+# =============================================================================== baselines
+def baselines(args) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from bids_denoise.denoise.mppca import mppca
+    from bids_denoise.denoise.patch2self import patch2self
+
+    for name in args.datasets:
+        folder, data, bvals, _, img = load_dataset(name)
+        record = dict(dataset=name, tag="baselines", runs={})
+        record["runs"]["noisy"] = dict(score=score(None, folder))
+        methods = {
+            "patch2self": lambda: patch2self(data, bvals, patch_radius=1, patch_pooling="radial", grouping="all",
+                                             progress=False),
+            "mppca_ours": lambda: mppca(data, patch_radius=2, progress=False).denoised,
+        }
+        try:
+            from dipy.denoise.localpca import mppca as dipy_mppca
+
+            methods["mppca_dipy"] = lambda: dipy_mppca(data, patch_radius=2)
+        except ImportError:  # pragma: no cover
+            pass
+        for method, function in methods.items():
+            with Timer() as timer:
+                out = function()
+            path = save_like(img, out, WORK / name / "baselines" / f"{method}.nii.gz")
+            record["runs"][method] = dict(timing=timer.record, score=score(path, folder))
+            print(name, method, record["runs"][method]["score"].get("psnr"), flush=True)
+        path = WORK / name / "baselines.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+    return 0
+
+
+# ================================================================================= accept
+def accept(args) -> int:
+    """The cpu preset on one shell through the app's own code: the CPU guard's calibrated
+    estimate, then the DDM2 interface on the shell (as the workflow's MapNode runs it)."""
+    import nibabel as nib
+    import torch
+
+    from bids_denoise.denoise.ddm2.cost import calibrate, estimate_runtime
+    from bids_denoise.denoise.ddm2.settings import resolve_settings
+    from bids_denoise.interfaces.ddm2 import DDM2
+
+    torch.set_num_threads(args.threads)
+    folder, data, bvals, bvecs, img = load_dataset(args.dataset)
+    shell = np.flatnonzero(bvals > 50)
+    out_dir = WORK / args.dataset / "accept"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shell_file = save_like(img, data[..., shell], out_dir / "shell_dwi.nii.gz")
+    np.savetxt(out_dir / "shell_dwi.bval", bvals[shell][None], fmt="%g")
+    np.savetxt(out_dir / "shell_dwi.bvec", bvecs[:, shell], fmt="%.8f")
+    settings = resolve_settings("cpu")
+    shape = (*data.shape[:3], shell.size)
+    with Timer() as t_cal:
+        calibration = calibrate(settings, *data.shape[:2], device="cpu", n_threads=args.threads)
+    estimate = estimate_runtime(shape, settings=settings, device="cpu", calibration=calibration)
+    print(f"accept: guard estimate {estimate.total:.0f} s ({t_cal.record['wall_s']} s to calibrate); "
+          f"load {loadavg()}", flush=True)
+    checkpoint = out_dir / f"ckpt-{int(time.time())}"  # always a fresh run
+    node = DDM2(in_file=str(shell_file), bval_file=str(out_dir / "shell_dwi.bval"),
+                bvec_file=str(out_dir / "shell_dwi.bvec"), preset="cpu", device="cpu", num_threads=args.threads,
+                checkpoint_dir=str(checkpoint), progress=False, save_stage1=True)
+    b0 = np.flatnonzero(bvals <= 50)
+    cwd = os.getcwd()
+    os.chdir(out_dir)
+    try:
+        with Timer() as timer:
+            outputs = node.run().outputs
+        denoised = data.copy()
+        if b0.size:  # the b0 group, as the workflow's next MapNode item (Patch2Self from 2 b0s up)
+            b0_file = save_like(img, data[..., b0], out_dir / "b0_dwi.nii.gz")
+            np.savetxt(out_dir / "b0_dwi.bval", bvals[b0][None], fmt="%g")
+            with Timer() as t_b0:
+                b0_out = DDM2(in_file=str(b0_file), bval_file=str(out_dir / "b0_dwi.bval"), preset="cpu",
+                              device="cpu", num_threads=args.threads, progress=False).run().outputs
+            denoised[..., b0] = nib.load(b0_out.out_file).get_fdata(dtype=np.float32)
+    finally:
+        os.chdir(cwd)
+    history = json.loads(Path(outputs.history_file).read_text())
+    denoised[..., shell] = nib.load(outputs.out_file).get_fdata(dtype=np.float32)
+    stage1 = denoised.copy()
+    stage1[..., shell] = nib.load(outputs.stage1_file).get_fdata(dtype=np.float32)
+    record = dict(
+        dataset=args.dataset, tag="accept", preset="cpu", threads=args.threads, timing=timer.record,
+        b0_timing=t_b0.record if b0.size else None,
+        stage_seconds=history["stage_seconds"], estimate=estimate.as_dict(),
+        calibration=dict(dataclasses.asdict(calibration), timing=t_cal.record),
+        note="shell and b0 group each denoised by the DDM2 interface, as the workflow runs them",
+        score=score(save_like(img, denoised, out_dir / "ddm2_series.nii.gz"), folder),
+        stage1_score=score(save_like(img, stage1, out_dir / "stage1_series.nii.gz"), folder),
+        noisy_score=score(None, folder),
+    )
+    save_record(record)
+    gain = record["score"]["psnr"] - record["noisy_score"]["psnr"]
+    print(f"accept: {timer.record}; PSNR {record['score']['psnr']:.2f} dB (+{gain:.2f} over noisy), WM FA error "
+          f"{record['score']['fa_mae_wm']:.4f}; estimate/measured {estimate.total / timer.record['wall_s']:.2f}",
+          flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run")
+    p_run.add_argument("--dataset", choices=DATASETS, default="hardi_snr10")
+    p_run.add_argument("--preset", default="cpu")
+    p_run.add_argument("--tag", required=True)
+    p_run.add_argument("--checkpoint", help="checkpoint folder name (default: the tag); share it to reuse stages")
+    p_run.add_argument("--set", nargs="*", help="settings overrides key=value (network.width=24, ...)")
+    p_run.add_argument("--samplers", nargs="*", help="extra samplers on the same model: steps=N,eta=E,flips=F")
+    p_run.add_argument("--no-bvecs", action="store_true", help="do not pass the b-vectors")
+    p_run.add_argument("--seed", type=int, default=0)
+    p_run.add_argument("--threads", type=int, default=2)
+    p_base = sub.add_parser("baselines")
+    p_base.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    p_base.add_argument("--threads", type=int, default=2)
+    p_acc = sub.add_parser("accept")
+    p_acc.add_argument("--dataset", choices=DATASETS, default="hardi_snr10")
+    p_acc.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    return {"run": run, "baselines": baselines, "accept": accept}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
