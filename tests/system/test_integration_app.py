@@ -72,7 +72,8 @@ def test_every_run_has_its_derivatives(app_run):
             expected.add(str(_derivative(Path(""), raw, desc, suffix, ext)))
         stem = raw.name.replace("_dwi.nii.gz", "")
         for desc, ext in (("brainmask", ".png"), ("residualhist", ".svg"), ("residualstd", ".svg"),
-                          ("residualcorr", ".svg"), ("sigma", ".svg"), ("reportstats", ".json")):
+                          ("residualcorr", ".svg"), ("sigma", ".svg"), ("reportstats", ".json"),
+                          ("fa", ".png")):  # every example run has a b0 and 6+ directions at b <= 1500
             expected.add(f"{raw.parts[0]}/figures/{stem}_desc-{desc}_dwi{ext}")
         groups = json.loads(_derivative(out, raw, "denoised", "dwi", ".json").read_text())["VolumeGroups"]
         for group in groups:  # one before/after/residual mosaic per volume group
