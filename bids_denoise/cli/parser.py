@@ -14,7 +14,6 @@ levels with exit status 17, as the execution spec asks.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -237,11 +236,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--shell-grouping",
         dest="shell_grouping",
         choices=config.GROUPINGS,
-        default=DEFAULT_GROUPING,
+        default=None,
         help="Which volumes are denoised together: 'shell' denoises each b-value shell on its "
         "own; 'all' pools every diffusion-weighted volume, as DIPY and QSIPrep do (it kept "
         "white-matter FA better on every multi-shell phantom of the quality benchmark). The b0s "
-        f"are always a group of their own. Default: {DEFAULT_GROUPING}.",
+        f"are always a group of their own. Default: {DEFAULT_GROUPING}, but shell for --method ddm2 "
+        "(one model per shell).",
     )
     g_method.add_argument(
         "--rician-correction",
@@ -539,7 +539,7 @@ def parse_args(args=None) -> argparse.Namespace:
                 "method": opts.method,
                 "b0_threshold": opts.b0_threshold,
                 "shell_tolerance": opts.shell_tolerance,
-                "shell_grouping": opts.shell_grouping,
+                "shell_grouping": opts.shell_grouping or METHODS[opts.method].default_grouping,
                 "b0_denoising": opts.b0_denoising,
                 "rician_correction": opts.rician_correction,
                 "error_estimate": opts.error_estimate,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bids_denoise.denoise.methods import DEFAULT_GROUPING, DEFAULT_METHOD, DEFAULT_RICIAN_CORRECTION, get_method
+from bids_denoise.denoise.methods import DEFAULT_METHOD, DEFAULT_RICIAN_CORRECTION, get_method
 from bids_denoise.denoise.shells import B0_THRESHOLD, MIN_SHELL_VOLUMES, SHELL_TOLERANCE
 from bids_denoise.interfaces.shells import MergeGroupMaps, MergeShells, SplitShells
 
@@ -38,7 +38,7 @@ def init_dwi_denoise_wf(
     method: str = DEFAULT_METHOD,
     b0_threshold: float = B0_THRESHOLD,
     shell_tolerance: float = SHELL_TOLERANCE,
-    shell_grouping: str = DEFAULT_GROUPING,
+    shell_grouping: str | None = None,
     min_shell_volumes: int = MIN_SHELL_VOLUMES,
     b0_denoising: bool = True,
     rician_correction: str = DEFAULT_RICIAN_CORRECTION,
@@ -68,7 +68,8 @@ def init_dwi_denoise_wf(
     shell_tolerance : float
         Largest b-value gap inside one shell. Default 100.
     shell_grouping : {"shell", "all"}
-        One group per shell, or all diffusion-weighted volumes pooled (default).
+        One group per shell, or all diffusion-weighted volumes pooled. Default (None): the
+        method's ``default_grouping``, ``"all"`` except for DDM2.
     min_shell_volumes : int
         With ``shell_grouping="shell"``, smaller shells are denoised together with their
         nearest shell in b. Default 10.
@@ -129,6 +130,7 @@ def init_dwi_denoise_wf(
     if rician_correction not in RICIAN_CORRECTIONS:
         raise ValueError(f"rician_correction must be one of {RICIAN_CORRECTIONS}, got {rician_correction!r}")
     entry = get_method(method)
+    shell_grouping = shell_grouping or entry.default_grouping
     settings = method_settings(method, options)
     settings.device = device
     interface = entry.interface_class()(

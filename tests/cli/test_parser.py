@@ -461,3 +461,12 @@ def test_parsed_namespace_is_returned(parse):
     opts = parse("--p2s-model", "lasso")
     assert opts.p2s_model == "lasso"
     assert isinstance(opts.bids_dir, Path)
+
+
+@pytest.mark.parametrize("extra, grouping", [
+    ((), "all"), (("--method", "mppca"), "all"), (("--method", "ddm2"), "shell"),
+    (("--method", "ddm2", "--shell-grouping", "all"), "all"), (("--shell-grouping", "shell"), "shell"),
+])
+def test_the_grouping_default_depends_on_the_method(parse, extra, grouping):
+    parse(*extra)
+    assert config.workflow.shell_grouping == grouping

@@ -49,6 +49,12 @@ def test_the_defaults_are_the_winner_of_the_quality_rule():
     assert wf.get_node("rician_correction").interface.inputs.method == "mean"
 
 
+def test_ddm2_keeps_one_model_per_shell_unless_asked():
+    assert init_dwi_denoise_wf(method="ddm2").get_node("split_shells").inputs.grouping == "shell"
+    pooled = init_dwi_denoise_wf(method="ddm2", shell_grouping="all")
+    assert pooled.get_node("split_shells").inputs.grouping == "all"
+
+
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="method"):
         init_dwi_denoise_wf(method="nlmeans")

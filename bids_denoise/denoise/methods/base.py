@@ -159,6 +159,9 @@ class Method:
         ``parameters(settings) -> dict`` of extra sidecar entries beyond the options'.
     min_group_volumes : int
         Groups with fewer volumes are copied through (recorded as a decision).
+    default_grouping : {"all", "shell"}
+        ``--shell-grouping`` when the user gives none: ``"all"`` (the app's default) or
+        ``"shell"`` for a method built around one model per shell (DDM2).
     check_runtime : callable, optional
         ``check_runtime(runs, settings, device, n_threads, n_runs)``: estimate the run time of
         the selected runs (their ``RunCheck``s; ``n_runs`` counts them all, checked or not), log
@@ -188,6 +191,7 @@ class Method:
     parameters: Callable | None = None
     check_runtime: Callable | None = None
     min_group_volumes: int = MIN_GROUP_VOLUMES
+    default_grouping: str = "all"
     error_estimate: bool = True
     borrows: tuple[str, ...] = ()
     inputs: Callable | None = None

@@ -264,6 +264,7 @@ DDM2 = Method(
     "resumes.",
     options=OPTIONS,
     interface="bids_denoise.interfaces.ddm2:DDM2",
+    default_grouping="shell",  # its Stage I picks inputs by direction, which assumes one b-value
     memory_gb=memory_gb,
     sentence=sentence,
     bibtex=BIBTEX,
