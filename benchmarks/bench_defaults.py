@@ -120,27 +120,14 @@ def phantom_row(name: str, denoised: Path, log) -> dict:
 def siemens_row(denoised: Path, threads: int, log) -> dict:
     import nibabel as nb
 
-    folder = source_dir(SIEMENS)
-    shared = bench_quality.SHARED / "data"
-    img = nb.load(str(folder / "dwi.nii.gz"))
-    raw = np.asanyarray(img.dataobj).astype(np.float32)
-    bvals, bvecs = np.loadtxt(folder / "dwi.bval", ndmin=1), np.loadtxt(folder / "dwi.bvec", ndmin=2)
-    score = quality_real._scorer(shared)
-    mask = quality_real.brain_mask(raw, bvals)
-    floor = 1e-3 * float(np.percentile(raw[mask], 99.9))
-
-    def mean_fa(values, b=bvals, g=bvecs):
-        return quality_real.fa_map(score, values[mask], b, g, floor)
-
-    reference = mean_fa(quality_real.two_repeat_average(raw), bvals[:21], bvecs[:, :21])
-    high = reference > quality_real.HIGH_FA
-    row = {"reference": float(reference[high].mean()), "raw": float(mean_fa(raw)[high].mean()),
-           "voxels": int(high.sum())}
-    row["default"] = float(mean_fa(np.asanyarray(nb.load(str(denoised)).dataobj).astype(np.float32))[high].mean())
+    check = quality_real.SiemensFA(bench_quality.SHARED / "data")
+    row = {"reference": check.reference, "raw": check.mean_fa(check.raw), "voxels": int(check.high.sum()),
+           "default": check.mean_fa(np.asanyarray(nb.load(str(denoised)).dataobj).astype(np.float32))}
     if shutil.which("dwidenoise"):
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        out, seconds = bench_quality.run_anchor("mrtrix-dwidenoise", raw, bvals, folder / "dwi.nii.gz", WORK)
-        row["mrtrix-dwidenoise"] = float(mean_fa(out)[high].mean())
+        out, seconds = bench_quality.run_anchor("mrtrix-dwidenoise", check.raw, check.bvals,
+                                                check.folder / "dwi.nii.gz", WORK)
+        row["mrtrix-dwidenoise"] = check.mean_fa(out)
         log(f"  siemens mrtrix: {seconds:.1f} s")
     return row
 

@@ -15,8 +15,6 @@ import time
 import warnings
 from pathlib import Path
 
-import nibabel as nb
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -32,29 +30,15 @@ SETTINGS = ("p2s-r0-voxel-shell-ols", "p2s-r1-radial-shell-ols", "p2s-r1-radial-
 def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
-    shared = HERE.parents[1] / "shared" / "data"
-    folder = shared / quality_real.SIEMENS
-    raw = np.asanyarray(nb.load(str(folder / "dwi.nii.gz")).dataobj).astype(np.float32)
-    bvals = np.loadtxt(folder / "dwi.bval", ndmin=1)
-    bvecs = np.loadtxt(folder / "dwi.bvec", ndmin=2)
-    score = quality_real._scorer(shared)
-    mask = quality_real.brain_mask(raw, bvals)
-    floor = 1e-3 * float(np.percentile(raw[mask], 99.9))
-
-    def mean_fa(values, b=bvals, g=bvecs):
-        return quality_real.fa_map(score, values[mask], b, g, floor)
-
-    reference = mean_fa(quality_real.two_repeat_average(raw), bvals[:21], bvecs[:, :21])
-    high = reference > quality_real.HIGH_FA
-    rows = {"two-repeat average (reference)": float(reference[high].mean()),
-            "raw": float(mean_fa(raw)[high].mean())}
+    check = quality_real.SiemensFA(HERE.parents[1] / "shared" / "data")
+    rows = {"two-repeat average (reference)": check.reference, "raw": check.mean_fa(check.raw)}
     settings, sigma_cache = our_settings(), {}
     for name in SETTINGS:
         started = time.perf_counter()
-        out = run_ours(raw, bvals, settings[name], sigma_cache)
-        rows[f"{name} ({time.perf_counter() - started:.0f} s)"] = float(mean_fa(out)[high].mean())
+        out = run_ours(check.raw, check.bvals, settings[name], sigma_cache)
+        rows[f"{name} ({time.perf_counter() - started:.0f} s)"] = check.mean_fa(out)
     print(json.dumps(rows, indent=1))
-    print("high-FA voxels", int(high.sum()))
+    print("high-FA voxels", int(check.high.sum()))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,33 @@ def two_repeat_average(data):
     return 0.5 * (data[..., :21].astype(np.float64) + data[..., 21:].astype(np.float64))
 
 
+class SiemensFA:
+    """siemens_trio's FA check: the raw series, and the mean FA of any output over the voxels
+    with FA > HIGH_FA in the average of the two repeats (the reference)."""
+
+    def __init__(self, shared_data: Path):
+        import nibabel as nb
+
+        folder = Path(shared_data) / SIEMENS
+        self.folder = folder
+        self.raw = np.asanyarray(nb.load(str(folder / "dwi.nii.gz")).dataobj).astype(np.float32)
+        self.bvals = np.loadtxt(folder / "dwi.bval", ndmin=1)
+        self.bvecs = np.loadtxt(folder / "dwi.bvec", ndmin=2)
+        self._score = _scorer(Path(shared_data))
+        self._mask = brain_mask(self.raw, self.bvals)
+        self._floor = 1e-3 * float(np.percentile(self.raw[self._mask], 99.9))
+        reference = self._fa(two_repeat_average(self.raw), self.bvals[:21], self.bvecs[:, :21])
+        self.high = reference > HIGH_FA
+        self.reference = float(reference[self.high].mean())
+
+    def _fa(self, values, bvals, bvecs):
+        return fa_map(self._score, np.asarray(values)[self._mask], bvals, bvecs, self._floor)
+
+    def mean_fa(self, values) -> float:
+        """Mean FA of ``values`` (the whole series) over the reference's high-FA voxels."""
+        return float(self._fa(values, self.bvals, self.bvecs)[self.high].mean())
+
+
 def real_results(names, settings, cache, log, anchors, denoise_all, shared_data: Path) -> dict:
     import nibabel as nb
 
