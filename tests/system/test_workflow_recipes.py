@@ -321,6 +321,22 @@ def test_compare_derivatives_ignores_volatile_keys_and_tiny_differences(tmp_path
     assert result.stdout.startswith("MATCH: 3 files")
 
 
+def test_compare_derivatives_scales_the_image_tolerance_with_its_range(tmp_path):
+    """A rounding difference near the noise floor of a bright image passes; on a dim image it does not."""
+    for name, peak in (("bright", 2000.0), ("dim", 1.0)):
+        for side, extra in (("a", 0.0), ("b", 4e-4)):
+            _fake_derivatives(tmp_path / name / side, value=peak)
+            path = tmp_path / name / side / "sub-01" / "dwi" / "sub-01_desc-denoised_dwi.nii.gz"
+            data = np.asanyarray(nb.load(path).dataobj).copy()
+            data[0, 0, 0, 1] = 0.005 * peak + extra  # a low value, where --rtol gives no slack
+            nb.Nifti1Image(data, np.eye(4)).to_filename(path)
+    assert _compare(tmp_path / "bright" / "a", tmp_path / "bright" / "b").returncode == 0
+    dim = _compare(tmp_path / "dim" / "a", tmp_path / "dim" / "b")
+    assert dim.returncode == 1 and "voxel values differ" in dim.stdout
+    strict = _compare(tmp_path / "bright" / "a", tmp_path / "bright" / "b", "--range-tol", "0")
+    assert strict.returncode == 1 and "1 voxel values differ" in strict.stdout
+
+
 def test_compare_derivatives_reports_differences(tmp_path):
     _fake_derivatives(tmp_path / "a")
     _fake_derivatives(tmp_path / "b", value=1.01)
