@@ -62,7 +62,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -190,12 +189,9 @@ def run_patch2self(data, bvals, *, device):
 
 def score(path, folder: Path) -> dict:
     """shared/bench/score.py (unchanged) on a denoised file, or on the noisy input (path None)."""
-    command = [sys.executable, str(SHARED / "bench" / "score.py")]
-    command += ["--noisy", str(folder)] if path is None else [str(path), str(folder)]
-    done = subprocess.run(command + ["--json"], capture_output=True, text=True)
-    if done.returncode != 0:
-        return dict(error=(done.stderr or done.stdout).strip()[-500:])
-    report = json.loads(done.stdout)
+    report = common.official_score(path, folder, SHARED)
+    if "error" in report:
+        return report
     dti = report.get("dti") or {}
     return dict(psnr=report["psnr"], rmse=report["rmse"], ssim=report["ssim"], ssim_dw=report.get("ssim_dw"),
                 fa_mae=dti.get("fa_mae"), fa_mae_wm=dti.get("fa_mae_wm"), md_rel_err=dti.get("md_rel_err"))

@@ -29,7 +29,6 @@ import ast
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+import common  # noqa: E402
 
 SHARED = Path(os.environ.get("BIDS_DENOISE_SHARED", REPO.parent / "shared"))
 WORK = HERE / "data" / "ddm2" / "cpu"
@@ -96,12 +96,9 @@ def save_like(img, data, path: Path) -> Path:
 
 def score(path, folder: Path) -> dict:
     """The official scorer on a file (or on the noisy input when ``path`` is None)."""
-    command = [sys.executable, str(SHARED / "bench" / "score.py")]
-    command += ["--noisy", str(folder)] if path is None else [str(path), str(folder)]
-    done = subprocess.run(command + ["--json"], capture_output=True, text=True)
-    if done.returncode != 0:
-        return dict(error=(done.stderr or done.stdout).strip()[-500:])
-    report = json.loads(done.stdout)
+    report = common.official_score(path, folder, SHARED)
+    if "error" in report:
+        return report
     dti = report.get("dti") or {}
     shells = report.get("shells") or report.get("per_shell") or {}
     return dict(psnr=report["psnr"], ssim=report["ssim"], ssim_dw=report.get("ssim_dw"),

@@ -146,12 +146,9 @@ def load(folder):
 
 def score(path, folder) -> dict:
     """The official scorer's numbers for ``path`` (None: the noisy input)."""
-    cmd = [sys.executable, str(SHARED / "bench" / "score.py")]
-    cmd += ["--noisy", str(folder)] if path is None else [str(path), str(folder)]
-    done = subprocess.run(cmd + ["--json"], capture_output=True, text=True)
-    if done.returncode != 0:
-        return dict(error=(done.stderr or done.stdout).strip()[-300:])
-    result = json.loads(done.stdout)
+    result = common.official_score(path, folder, SHARED)
+    if "error" in result:
+        return result
     dti = result.get("dti") or {}
     return dict(psnr=result["psnr"], ssim=result["ssim"], fa_mae_wm=dti.get("fa_mae_wm"),
                 fa_mae=dti.get("fa_mae"), md_rel_err=dti.get("md_rel_err"), md_rel_bias=dti.get("md_rel_bias"),
@@ -378,8 +375,6 @@ def choose_default(phantoms: dict, settings) -> dict:
 def timing_results(log, repeats=1) -> dict:
     """Ours on the whole-brain phantom and a 96x96x60x200 two-shell array, 2 threads."""
     import torch
-
-    from bids_denoise.denoise.patch2self import patch2self
 
     arrays = {}
     _, wholebrain, wb_bvals = load(phantom_dir(WHOLEBRAIN))

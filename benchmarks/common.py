@@ -318,3 +318,16 @@ def interleaved_scheme(n_b0, shells_counts, every):
     b0_at = set(range(0, total, every)[:n_b0])
     it = iter(dw)
     return np.array([0.0 if k in b0_at else float(next(it)) for k in range(total)])
+
+
+def official_score(path, folder: Path, shared: Path) -> dict:
+    """``shared/bench/score.py``, unchanged, as a subprocess: its JSON report for a denoised file,
+    or for the noisy input when ``path`` is None; ``{"error": ...}`` when it fails."""
+    import sys
+
+    command = [sys.executable, str(Path(shared) / "bench" / "score.py")]
+    command += ["--noisy", str(folder)] if path is None else [str(path), str(folder)]
+    done = subprocess.run(command + ["--json"], capture_output=True, text=True)
+    if done.returncode != 0:
+        return dict(error=(done.stderr or done.stdout).strip()[-500:])
+    return json.loads(done.stdout)
