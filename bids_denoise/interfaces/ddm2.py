@@ -22,7 +22,7 @@ from bids_denoise.interfaces.denoiser import (
     DenoiserOutputSpec,
     GroupDenoiser,
 )
-from bids_denoise.utils.images import save_like
+from bids_denoise.utils.images import load_bvecs, save_like
 
 LOGGER = logging.getLogger("nipype.interface")
 #: Keys of the history JSON (the report plots them; keep them stable).
@@ -89,7 +89,7 @@ class DDM2(GroupDenoiser):
         from bids_denoise.denoise.ddm2 import ddm2_denoise
 
         checkpoint_dir = self.inputs.checkpoint_dir if isdefined(self.inputs.checkpoint_dir) else None
-        bvecs = read_bvecs(self.inputs.bvec_file, data.shape[3]) if isdefined(self.inputs.bvec_file) else None
+        bvecs = load_bvecs(self.inputs.bvec_file, data.shape[3]) if isdefined(self.inputs.bvec_file) else None
         result = ddm2_denoise(
             data, bvals, bvecs=bvecs, preset=self.inputs.preset, b0_threshold=self.inputs.b0_threshold,
             b0_denoising=self.inputs.b0_denoising, fit_mask=mask, device=device,
@@ -125,29 +125,6 @@ class _BundleModelsInputSpec(BaseInterfaceInputSpec):
 
 class _BundleModelsOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="one file {'groups': {label: model}} (possibly empty)")
-
-
-def read_bvecs(path, n_volumes: int):
-    """The b-vectors of an FSL ``.bvec`` file as ``(3, n_volumes)``.
-
-    Raises
-    ------
-    DataError
-        If the file does not hold 3 x ``n_volumes`` (or ``n_volumes`` x 3) numbers.
-    """
-    import numpy as np
-
-    from bids_denoise.errors import DataError
-
-    try:
-        bvecs = np.loadtxt(path, ndmin=2)
-    except ValueError as err:
-        raise DataError(f"{path}: not a b-vector file ({err})") from err
-    if bvecs.shape == (n_volumes, 3) and n_volumes != 3:
-        bvecs = bvecs.T
-    if bvecs.shape != (3, n_volumes):
-        raise DataError(f"{path}: expected 3 x {n_volumes} b-vectors, got {bvecs.shape[0]} x {bvecs.shape[1]}")
-    return bvecs
 
 
 class BundleModels(SimpleInterface):

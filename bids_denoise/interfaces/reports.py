@@ -24,7 +24,7 @@ from bids_denoise.errors import DataError
 from bids_denoise.reports import names
 from bids_denoise.utils.atomic import atomic_copy, atomic_write_json
 from bids_denoise.utils.derivatives import derivative_path
-from bids_denoise.utils.images import load_bvals
+from bids_denoise.utils.images import load_bvals, load_bvecs
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -88,13 +88,11 @@ class DenoisingReportlets(SimpleInterface):
             if isdefined(path):
                 maps[name] = np.asarray(nb.as_closest_canonical(nb.load(path)).dataobj, dtype=np.float32)
         bvecs = None
-        if isdefined(self.inputs.bvec_file):
-            bvecs = np.loadtxt(self.inputs.bvec_file, ndmin=2)
-            bvecs = bvecs.T if bvecs.shape[0] != 3 and bvecs.shape[-1] == 3 else bvecs
-            if bvecs.shape != (3, raw.shape[3]):  # FA needs no reorientation: it is rotation invariant
-                LOGGER.warning("%s: %s directions for %s volumes; no FA figure", self.inputs.bvec_file,
-                               bvecs.shape, raw.shape[3])
-                bvecs = None
+        if isdefined(self.inputs.bvec_file):  # FA needs no reorientation: it is rotation invariant
+            try:
+                bvecs = load_bvecs(self.inputs.bvec_file, raw.shape[3])
+            except DataError as err:
+                LOGGER.warning("%s; no FA figure", err)
         title = self.inputs.title if isdefined(self.inputs.title) else Path(self.inputs.in_file).name
         made, stats = draw_reportlets(
             raw, denoised, bvals, [dict(g) for g in self.inputs.groups], Path(runtime.cwd), zooms=zooms,

@@ -21,6 +21,20 @@ def load_bvals(bval_file, n_volumes=None) -> np.ndarray:
     return bvals
 
 
+def load_bvecs(path, n_volumes: int) -> np.ndarray:
+    """The b-vectors of an FSL ``.bvec`` file as ``(3, n_volumes)`` (an ``n_volumes x 3`` file is
+    transposed); :class:`DataError` when the file does not hold that many."""
+    try:
+        bvecs = np.loadtxt(path, ndmin=2)
+    except ValueError as err:
+        raise DataError(f"{path}: not a b-vector file ({err})") from err
+    if bvecs.shape == (n_volumes, 3) and n_volumes != 3:
+        bvecs = bvecs.T
+    if bvecs.shape != (3, n_volumes):
+        raise DataError(f"{path}: expected 3 x {n_volumes} b-vectors, got {bvecs.shape[0]} x {bvecs.shape[1]}")
+    return bvecs
+
+
 def read_group(in_file, bval_file, mask_file=None):
     """Load one group for a denoiser: (image, data array, b-values, boolean mask or None)."""
     img = nb.load(in_file)
