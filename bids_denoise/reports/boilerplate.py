@@ -170,7 +170,8 @@ def _rician_sentence(settings) -> str:
     how = ("by inverting the mean of the Rician distribution [@koay2006]" if correction == "mean"
            else "with the method-of-moments correction [@gudbjartsson1995]")
     return (f"The Rician noise floor was then removed from the denoised series {how}, with the run's map "
-            "of the noise standard deviation: MP-PCA [@veraart2016] over all volumes, corrected for the "
+            "of the noise standard deviation: MP-PCA [@veraart2016] over all volumes with the noise estimator "
+            "of Cordero-Grande et al. [@corderogrande2019], corrected for the "
             "lower variance of Rician magnitudes at low signal, and scaled to the noise level measured "
             "from repeated b=0 volumes where at least three agreed with it.")
 
