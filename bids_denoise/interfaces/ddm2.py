@@ -27,7 +27,7 @@ from bids_denoise.utils.images import load_bvecs, save_like
 LOGGER = logging.getLogger("nipype.interface")
 #: Keys of the history JSON (the report plots them; keep them stable).
 HISTORY_KEYS = ("stage1_loss", "stage3_loss", "t_star", "stage_seconds", "preset", "steps", "neighbour_order",
-                "stage3_t_max")
+                "stage3_t_min", "stage3_t_max")
 
 
 class _DDM2InputSpec(DenoiserInputSpec):

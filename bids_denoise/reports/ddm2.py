@@ -10,6 +10,7 @@ The file, one per denoised volume group, holds::
       "preset": "fast",                       # training preset
       "steps": {"stage1": n, "stage3": m, ...},
       "neighbour_order": "direction",         # how the Stage-I inputs were chosen
+      "stage3_t_min": 325,                    # smallest diffusion step Stage III trained on
       "stage3_t_max": 380                     # largest diffusion step Stage III trained on
     }
 
@@ -30,7 +31,7 @@ from bids_denoise.reports._mpl import new_figure, save
 from bids_denoise.reports.figures import group_colour
 
 HISTORY_KEYS = ("stage1_loss", "stage3_loss", "t_star", "stage_seconds", "preset", "steps", "neighbour_order",
-                "stage3_t_max")
+                "stage3_t_min", "stage3_t_max")
 
 
 def _numbers(values) -> list[float]:
@@ -57,7 +58,7 @@ def load_history(path: str | os.PathLike) -> dict:
     dict
         ``stage1_loss`` and ``stage3_loss`` (lists of float), ``t_star`` (list of lists of
         int, one per volume), ``stage_seconds`` and ``steps`` (dicts), ``preset`` and
-        ``neighbour_order`` (str or ``None``), ``stage3_t_max`` (int or ``None``).
+        ``neighbour_order`` (str or ``None``), ``stage3_t_min`` and ``stage3_t_max`` (int or ``None``).
 
     Raises
     ------
@@ -82,6 +83,7 @@ def load_history(path: str | os.PathLike) -> dict:
         "preset": None if data.get("preset") is None else str(data.get("preset")),
         "steps": dict(data["steps"]) if isinstance(data.get("steps"), dict) else {},
         "neighbour_order": None if data.get("neighbour_order") is None else str(data.get("neighbour_order")),
+        "stage3_t_min": _integer(data.get("stage3_t_min")),
         "stage3_t_max": _integer(data.get("stage3_t_max")),
     }
 
@@ -108,6 +110,7 @@ def summarise_history(history: Mapping) -> dict:
         "TStarMin": int(min(t_values)) if t_values else None,
         "TStarMax": int(max(t_values)) if t_values else None,
         "NeighbourOrder": history.get("neighbour_order"),
+        "Stage3MinStep": history.get("stage3_t_min"),
         "Stage3MaxStep": history.get("stage3_t_max"),
     }
 

@@ -35,7 +35,14 @@ from bids_denoise.denoise.ddm2.data import (
 from bids_denoise.denoise.ddm2.sampling import denoise_slices
 from bids_denoise.denoise.ddm2.schedule import NoiseSchedule, reverse_warmup_betas
 from bids_denoise.denoise.ddm2.settings import DDM2Settings, resolve_settings
-from bids_denoise.denoise.ddm2.stages import GroupTensors, run_stage1, run_stage2, run_stage3, stage3_max_step
+from bids_denoise.denoise.ddm2.stages import (
+    GroupTensors,
+    run_stage1,
+    run_stage2,
+    run_stage3,
+    stage3_max_step,
+    stage3_min_step,
+)
 from bids_denoise.denoise.ddm2.unet import UNet, orthogonal_init
 from bids_denoise.denoise.patch2self import patch2self_with_noise, resolve_device
 from bids_denoise.denoise.shells import B0_THRESHOLD
@@ -174,7 +181,7 @@ def _empty_history(settings: DDM2Settings) -> dict:
         "stage1_loss": [], "stage3_loss": [], "t_star": [],
         "stage_seconds": {name: 0.0 for name in STAGE_NAMES},
         "preset": settings.preset, "steps": settings.steps,
-        "neighbour_order": None, "stage3_t_max": None,
+        "neighbour_order": None, "stage3_t_min": None, "stage3_t_max": None,
     }
 
 
@@ -228,6 +235,7 @@ def _denoise_group(data, bvecs, settings: DDM2Settings, *, device, seed, store: 
         history["stage_seconds"]["inference"] = round(float(inference.get("seconds", 0.0)), 3)
         history["t_star"] = stage2["t_star"].tolist()
         history["stage3_t_max"] = stage3_max_step(stage2["t_star"], schedule, settings)
+        history["stage3_t_min"] = stage3_min_step(stage2["t_star"], schedule, settings)
         LOGGER.info("DDM2: every stage found complete in %s; nothing to run.", store.directory)
         return _GroupOutput(inference["denoised"].numpy(), stage2["x_hat"].numpy() if return_stage1 else None,
                             scales, history, None, list(STAGE_NAMES))
@@ -242,6 +250,7 @@ def _denoise_group(data, bvecs, settings: DDM2Settings, *, device, seed, store: 
     _record(history, "stage2", outcome, skipped)
     history["t_star"] = t_star.cpu().tolist()
     history["stage3_t_max"] = stage3_max_step(t_star, schedule, settings)
+    history["stage3_t_min"] = stage3_min_step(t_star, schedule, settings)
     stage1_state = {k: v.detach().cpu() for k, v in stage1_net.state_dict().items()} if return_model else None
     del stage1_net
 

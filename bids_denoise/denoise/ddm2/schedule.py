@@ -163,6 +163,19 @@ def focused_max_step(t_star_max: int, schedule: NoiseSchedule, margin: float) ->
     return int(above[0]) if above.numel() else schedule.n_timesteps
 
 
+def matched_min_step(t_star_min: int, schedule: NoiseSchedule, margin: float) -> int:
+    """The first diffusion step a matched Stage III trains on.
+
+    The largest ``t`` whose noise level ``sqrt(1 - ab[t])`` is at most ``1 - margin`` times that
+    of ``t_star_min`` (the least noisy matched slice), at least 1. With one x0 prediction from
+    ``t*`` (``sampling_steps = 1``) inference visits no level below the matched ones.
+    """
+    t_star_min = int(min(max(int(t_star_min), 1), schedule.n_timesteps))
+    target = max(0.0, 1.0 - float(margin)) * float(schedule.noise[t_star_min])
+    below = torch.nonzero(schedule.noise.cpu()[1:t_star_min + 1] <= target).flatten()
+    return int(below[-1]) + 1 if below.numel() else 1
+
+
 def timestep_pairs(t_star: torch.Tensor, n_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-slice reverse steps ``(t -> s)`` from each slice's ``t*`` down to 0.
 

@@ -7,8 +7,8 @@ setting                    ``paper``           ``fast``             ``cpu``     
 =========================  ==================  ===================  ===================  =================
 Stage I input volumes      2, acquisition      4, nearest dirs      4, nearest dirs      2, nearest dirs
 Stage I steps              10,000              3,000                1,200                30
-Stage III steps            100,000             20,000               1,500                40
-Stage III levels trained   all (t = 1..1000)   up to max t* + 10 %  up to max t* + 10 %  up to max t* + 10 %
+Stage III steps            100,000             20,000               2,500                40
+Stage III levels trained   all (t = 1..1000)   t* levels +-10 %     t* levels +-10 %     t* levels +-10 %
 training batch (slices)    32                  32                   8                    4
 sampling steps             0 = full chain      1 (x0 from t*)       1 (x0 from t*)       1
                            (t* steps from t*)
@@ -35,10 +35,12 @@ one 73x100x5x60 shell in under 30 minutes on 2 cores; measured times and scores 
 benchmarks/results/ddm2.md). Both use the changes of issue #14: Stage-I inputs chosen by
 gradient direction (the noise-free ceiling measured in the issue: 49.4 dB for the two nearest
 directions against 36.4 dB for volumes v+-1), a percentile scale, Stage III trained only on the
-noise levels that inference visits, and one x0 prediction from ``t*`` averaged over 4 flips
-instead of a chain (the issue's review measured its 10-step chain about 1 dB below the first x0
-prediction of the same network). Their effect against the paper's choices is only partly
-measured so far: see benchmarks/results/ddm2.md.
+band of noise levels that inference visits (``matched``: 0.9 to 1.1 times the matched levels),
+and one x0 prediction from ``t*`` averaged over 4 flips instead of a chain (the issue's review
+measured its 10-step chain about 1 dB below the first x0 prediction of the same network). On
+hardi_snr10 with the same Stage I, 1,500 Stage-III steps on the matched band scored 0.25 dB
+above 1,500 steps on every level up to the matched ones (``focused``); see
+benchmarks/results/ddm2.md for this and the other ablations.
 ``smoke`` is a tiny network for tests: it checks the plumbing, not the denoising.
 
 Every count can be overridden (:func:`resolve_settings`, the ``--ddm2-*`` options). The run-time
@@ -91,12 +93,15 @@ class DDM2Settings:
         reference).
     stage1_steps, stage3_steps : int
         Optimiser steps of Stage I and Stage III.
-    stage3_range : {"focused", "full"}
+    stage3_range : {"matched", "focused", "full"}
         Diffusion steps Stage III trains on: ``full`` draws ``t`` from the whole schedule (the
         paper); ``focused`` only up to the step whose noise level is ``1 + stage3_margin``
-        times that of the largest matched ``t*`` (inference never visits noisier states).
+        times that of the largest matched ``t*`` (inference never visits noisier states);
+        ``matched`` also starts at the step whose noise level is ``1 - stage3_margin`` times that
+        of the smallest ``t*`` (a one-step sampler visits only the matched levels; needs
+        ``sampling_steps = 1``).
     stage3_margin : float
-        Relative noise-level margin of the focused range.
+        Relative noise-level margin of the focused and matched ranges.
     batch_size : int
         Training batch (slices).
     learning_rate : float
@@ -183,6 +188,10 @@ class DDM2Settings:
             raise ValueError(f"neighbour_order must be one of {NEIGHBOUR_ORDERS}, got {self.neighbour_order!r}")
         if self.stage3_range not in STAGE3_RANGES:
             raise ValueError(f"stage3_range must be one of {STAGE3_RANGES}, got {self.stage3_range!r}")
+        if self.stage3_range == "matched" and self.sampling_steps != 1:
+            raise ValueError("stage3_range 'matched' trains only the matched noise levels, which only a "
+                             f"one-step sampler visits; it needs sampling_steps 1, got {self.sampling_steps} "
+                             "(use stage3_range 'focused' for a reverse chain)")
         if not 0 <= self.stage3_margin <= 10:
             raise ValueError(f"stage3_margin must be in [0, 10], got {self.stage3_margin}")
         if not 0 < self.scale_percentile <= 100:
@@ -214,7 +223,7 @@ class DDM2Settings:
 #: The changes of issue #14, shared by fast, cpu and smoke (see the module docstring for what
 #: was measured and what was not).
 _MEASURED = dict(
-    neighbour_order="direction", scale_percentile=SCALE_PERCENTILE, stage3_range="focused",
+    neighbour_order="direction", scale_percentile=SCALE_PERCENTILE, stage3_range="matched",
     sampling_steps=1, eta=0.0,
 )
 _PRESET_VALUES = {
@@ -227,7 +236,7 @@ _PRESET_VALUES = {
         _MEASURED, n_neighbours=4,
         network=NetworkSettings(width=16, channel_mults=(1, 2, 2), res_blocks=1, attention_levels=(2,),
                                 norm_groups=8),
-        stage1_steps=1200, stage3_steps=1500, batch_size=8, learning_rate=1e-3, stage1_lr_period=0,
+        stage1_steps=1200, stage3_steps=2500, batch_size=8, learning_rate=1e-3, stage1_lr_period=0,
         stage1_min_learning_rate=1e-5, stage3_min_learning_rate=1e-5, flips=4, inference_batch_size=32,
         checkpoint_every=200,
     ),
@@ -252,13 +261,18 @@ def resolve_settings(preset: str = "paper", **overrides) -> DDM2Settings:
     """A preset with overrides; ``None`` values keep the preset's value.
 
     Any :class:`DDM2Settings` field can be overridden (e.g. ``stage1_steps=500``,
-    ``precision="bf16"``, ``network=NetworkSettings(width=16)``).
+    ``precision="bf16"``, ``network=NetworkSettings(width=16)``). A sampler of more than one step
+    given without a ``stage3_range`` turns a preset's ``"matched"`` range into ``"focused"``
+    (a chain visits the levels below the matched ones).
     """
     base = preset_settings(preset)
     changes = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(changes) - {f.name for f in dataclasses.fields(DDM2Settings)}
     if unknown:
         raise ValueError(f"unknown DDM2 setting(s): {', '.join(sorted(unknown))}")
+    if changes.get("sampling_steps", 1) != 1 and "stage3_range" not in changes and base.stage3_range == "matched":
+        # a reverse chain visits every level below t*: the preset's matched band becomes focused
+        changes["stage3_range"] = "focused"
     return dataclasses.replace(base, **changes)
 
 

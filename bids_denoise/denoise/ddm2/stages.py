@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from bids_denoise.denoise.ddm2.checkpoints import CheckpointStore
 from bids_denoise.denoise.ddm2.data import calibrated_noise, random_flips, shuffle_pixels
-from bids_denoise.denoise.ddm2.schedule import NoiseSchedule, focused_max_step, match_states
+from bids_denoise.denoise.ddm2.schedule import NoiseSchedule, focused_max_step, match_states, matched_min_step
 from bids_denoise.denoise.ddm2.settings import DDM2Settings
 from bids_denoise.denoise.ddm2.unet import UNet
 
@@ -287,12 +287,15 @@ def run_stage3(model: UNet, group: GroupTensors, x_hat: torch.Tensor, t_star: to
 
     Per sample: ``l1 = sqrt(alpha_bar[t*])``; the residual noise ``(X - l1 x_hat) / l2`` is
     mean-calibrated (eq. 4) and pixel-shuffled; a step ``t ~ U{1..t_max}`` and a continuous
-    level ``gamma ~ U(sqrt(ab[t]), sqrt(ab[t-1]))`` are drawn; the network sees
+    level ``gamma ~ U(sqrt(ab[t]), sqrt(ab[t-1]))`` are drawn (``t ~ U{t_min..t_max}`` for
+    ``"matched"``); the network sees
     ``gamma x_hat' + sqrt(1 - gamma^2) eps'`` with ``gamma`` and is trained to output the raw
     noisy slice ``X`` (J-invariance: ``X`` itself only enters through its shuffled noise).
     ``t_max`` is ``T`` for ``stage3_range="full"`` (the paper) and
     :func:`~bids_denoise.denoise.ddm2.schedule.focused_max_step` of the largest ``t*`` for
-    ``"focused"``: the states inference never visits take no training steps.
+    ``"focused"`` and ``"matched"``: the states inference never visits take no training steps.
+    ``"matched"`` also starts at :func:`~bids_denoise.denoise.ddm2.schedule.matched_min_step` of
+    the smallest ``t*`` (the levels a one-step sampler visits; ``t_min = 1`` otherwise).
 
     Unlike the reference, ``x_hat`` is the Stage-II estimate of the unflipped slice, flipped with
     the sample, instead of a fresh Stage-I forward of the flipped neighbours: the same estimate
@@ -303,10 +306,11 @@ def run_stage3(model: UNet, group: GroupTensors, x_hat: torch.Tensor, t_star: to
     compiled = MaybeCompiled(model, settings.compile, device)
     h, w = volumes.shape[-2:]
     t_max = stage3_max_step(t_star, schedule, settings)
+    t_min = min(stage3_min_step(t_star, schedule, settings), t_max)
 
     def loss_fn(generator):
         v, z, flips = _draw_batch(generator, group, settings.batch_size, settings.augment)
-        t = torch.randint(1, t_max + 1, (settings.batch_size,), generator=generator)
+        t = torch.randint(t_min, t_max + 1, (settings.batch_size,), generator=generator)
         u = torch.rand(settings.batch_size, generator=generator, dtype=torch.float64)
         permutation = torch.randperm(h * w, generator=generator)
         v, z, flips, t, u = (x.to(device) for x in (v, z, flips, t, u))
@@ -338,3 +342,10 @@ def stage3_max_step(t_star: torch.Tensor, schedule: NoiseSchedule, settings: DDM
     if settings.stage3_range == "full" or t_star.numel() == 0:
         return schedule.n_timesteps
     return focused_max_step(int(t_star.max()), schedule, settings.stage3_margin)
+
+
+def stage3_min_step(t_star: torch.Tensor, schedule: NoiseSchedule, settings: DDM2Settings) -> int:
+    """The smallest diffusion step Stage III trains on (see :func:`run_stage3`)."""
+    if settings.stage3_range != "matched" or t_star.numel() == 0:
+        return 1
+    return matched_min_step(int(t_star.min()), schedule, settings.stage3_margin)

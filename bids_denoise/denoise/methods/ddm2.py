@@ -18,7 +18,7 @@ CPU_PRESETS = ("cpu", "smoke")
 PRECISIONS = ("fp32", "bf16")
 FLIP_COUNTS = (1, 2, 4)
 NEIGHBOUR_ORDERS = ("direction", "acquisition")
-STAGE3_RANGES = ("focused", "full")
+STAGE3_RANGES = ("matched", "focused", "full")
 _PRESET = "the preset's"
 
 OPTIONS = (
@@ -48,9 +48,11 @@ OPTIONS = (
     ),
     Option(
         "ddm2_stage3_range", "--ddm2-stage3-range", kind="choice", choices=STAGE3_RANGES,
-        interface="stage3_range", default_help=f"{_PRESET} (paper full, the others focused)",
-        help="Noise levels Stage III trains on: 'focused', only up to 1.1 times the largest matched noise "
-        "level (the states inference visits); 'full', the whole schedule, as the paper.",
+        interface="stage3_range", default_help=f"{_PRESET} (paper full, the others matched)",
+        help="Noise levels Stage III trains on: 'matched', only the band of the slices' matched noise "
+        "levels (0.9 to 1.1 times), the only levels a one-step sampler visits (needs "
+        "--ddm2-sampling-steps 1); 'focused', every level up to 1.1 times the largest matched one (the "
+        "states a reverse chain visits); 'full', the whole schedule, as the paper.",
     ),
     Option(
         "ddm2_stage1_steps", "--ddm2-stage1-steps", kind="int", minimum=1, metavar="N",
@@ -229,7 +231,8 @@ def sentence(settings) -> str:
     if values["stage1_steps"] is not None:
         details.append(f"stage I: {int(values['stage1_steps']):,} training steps")
     if values["stage3_steps"] is not None:
-        focused = " on the matched noise levels only" if values["stage3_range"] == "focused" else ""
+        focused = {"matched": " on the band of matched noise levels only",
+                   "focused": " on the noise levels up to the matched ones"}.get(values["stage3_range"], "")
         details.append(f"stage III: {int(values['stage3_steps']):,} training steps{focused}")
     sampling = values["sampling_steps"]
     if sampling is not None:

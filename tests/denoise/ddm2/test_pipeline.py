@@ -20,7 +20,7 @@ from bids_denoise.denoise.ddm2.unet import NetworkSettings, UNet
 from bids_denoise.denoise.patch2self import patch2self
 
 HISTORY_KEYS = {"stage1_loss", "stage3_loss", "t_star", "stage_seconds", "preset", "steps", "neighbour_order",
-                "stage3_t_max"}
+                "stage3_t_min", "stage3_t_max"}
 STAGE_FILES = ("stage1.pt", "stage2.pt", "stage3.pt", "inference.pt")
 
 
@@ -96,7 +96,8 @@ def test_smoke_run_shapes_units_and_history(smoke_run):
     assert history["steps"] == {"stage1": settings.stage1_steps, "stage3": settings.stage3_steps,
                                 "sampling": settings.sampling_steps}
     assert history["neighbour_order"] == "acquisition"  # no b-vectors were given
-    assert t_star.max() <= history["stage3_t_max"] < 1000  # the smoke preset trains a focused Stage III
+    # the smoke preset trains Stage III on the band of the matched levels only
+    assert 1 <= history["stage3_t_min"] <= t_star.min() <= t_star.max() <= history["stage3_t_max"] < 1000
     assert set(history["stage_seconds"]) == {"stage1", "stage2", "stage3", "inference"}
     assert all(seconds > 0 for seconds in history["stage_seconds"].values())
     assert smoke_run["recorder"].steps("stage1") == list(range(1, settings.stage1_steps + 1))

@@ -8,7 +8,9 @@ import torch
 
 from bids_denoise.denoise.ddm2.schedule import (
     NoiseSchedule,
+    focused_max_step,
     match_states,
+    matched_min_step,
     reverse_warmup_betas,
     timestep_pairs,
 )
@@ -101,3 +103,16 @@ def test_timestep_pairs_full_and_strided():
         assert all(a > b for a, b in zip(chain, chain[1:]))
         assert torch.equal(current[i, 1:length[i]], following[i, :length[i] - 1])
     assert current[2, :4].tolist() == [30, 22, 15, 8]
+
+
+@pytest.mark.parametrize("t_star", [5, 120, 342, 700])
+def test_the_matched_band_brackets_the_matched_noise_level(t_star):
+    schedule = NoiseSchedule(reverse_warmup_betas())
+    noise = schedule.noise.double()
+    low, high = matched_min_step(t_star, schedule, 0.1), focused_max_step(t_star, schedule, 0.1)
+    assert 1 <= low <= t_star <= high <= 1000
+    # the band is as narrow as the margin allows: 0.9x to 1.1x the level of t*
+    assert noise[low] <= 0.9 * noise[t_star] or low == 1
+    assert noise[low + 1] > 0.9 * noise[t_star]
+    assert noise[high] >= 1.1 * noise[t_star] and noise[high - 1] < 1.1 * noise[t_star]
+    assert matched_min_step(t_star, schedule, 0.0) == t_star  # no margin: the level itself

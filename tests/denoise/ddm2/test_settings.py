@@ -44,13 +44,13 @@ def test_presets_hold_the_documented_counts():
     assert fast.precision == "bf16" and fast.compile and fast.eta == 0.0
     assert fast.network == paper.network and fast.n_neighbours == 4
     cpu = preset_settings("cpu")
-    assert (cpu.stage1_steps, cpu.stage3_steps, cpu.batch_size, cpu.sampling_steps, cpu.flips) == (1200, 1500, 8, 1, 4)
+    assert (cpu.stage1_steps, cpu.stage3_steps, cpu.batch_size, cpu.sampling_steps, cpu.flips) == (1200, 2500, 8, 1, 4)
     assert cpu.network.width == 16 and cpu.network.channel_mults == (1, 2, 2) and cpu.precision == "fp32"
     assert not cpu.compile and cpu.learning_rate == 1e-3 and cpu.stage3_min_learning_rate == 1e-5
     smoke = preset_settings("smoke")
     assert smoke.stage1_steps < 100 and smoke.stage3_steps < 100 and smoke.network.width <= 8
     for preset in (fast, cpu, smoke):  # the changes of issue #14, in every preset but paper
-        assert (preset.neighbour_order, preset.stage3_range, preset.scale_percentile) == ("direction", "focused", 99.9)
+        assert (preset.neighbour_order, preset.stage3_range, preset.scale_percentile) == ("direction", "matched", 99.9)
 
 
 def test_overrides_replace_only_what_is_given():
@@ -132,7 +132,7 @@ def test_sidecar_parameters_record_every_count():
     assert parameters["NoiseSchedule"]["Type"] == "reverse warm-up"
     assert parameters["Network"]["ChannelMultipliers"] == [1, 2, 4, 8, 8]
     cpu = sidecar_parameters(resolve_settings("cpu"), seed=0)
-    assert (cpu["NeighbourOrder"], cpu["Stage3Range"], cpu["ScalePercentile"]) == ("direction", "focused", 99.9)
+    assert (cpu["NeighbourOrder"], cpu["Stage3Range"], cpu["ScalePercentile"]) == ("direction", "matched", 99.9)
     assert cpu["SamplingChain"] == "x0 from t*" and cpu["NeighbourVolumes"] == 4
 
 
@@ -154,3 +154,12 @@ def test_a_calibration_replaces_the_table():
     flops = forward_flops(settings.network, 73, 100, in_channels=1, level_input=True)
     assert at_slow.stage3 == pytest.approx(settings.stage3_steps * settings.batch_size * 3 * flops / 1e9)
     assert at_slow.inference == pytest.approx(5 * 60 * 1 * settings.flips * flops / 2e9)
+
+
+def test_the_matched_stage3_range_needs_the_one_step_sampler():
+    assert resolve_settings("cpu", stage3_range="matched", sampling_steps=1).stage3_range == "matched"
+    with pytest.raises(ValueError, match="matched.*sampling_steps 1"):
+        resolve_settings("cpu", stage3_range="matched", sampling_steps=10)
+    # a chain asked for without a range: the preset's matched band widens to every lower level
+    assert resolve_settings("cpu", sampling_steps=10).stage3_range == "focused"
+    assert resolve_settings("paper", stage3_range="focused").sampling_steps == 0  # a chain may focus
