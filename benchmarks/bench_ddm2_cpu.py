@@ -10,6 +10,9 @@
     python benchmarks/bench_ddm2_cpu.py baselines
     # the acceptance run: the cpu preset through the BIDS App's own code path, timed
     python benchmarks/bench_ddm2_cpu.py accept --dataset hardi_snr10
+    # ablations on the accept run's shell: Stage III alone from its Stage I/II, Stage I alone
+    python benchmarks/bench_ddm2_cpu.py ablate stage3 --checkpoint ckpt-1796316560 --range full --steps 1500
+    python benchmarks/bench_ddm2_cpu.py ablate stage1 --order acquisition
 
 benchmarks/results/ddm2.md is written by hand from the records (there is no report command yet).
 
@@ -327,6 +330,93 @@ def accept(args) -> int:
     return 0
 
 
+# ================================================================================= ablate
+def _accept_shell(args):
+    """The accept run's shell (data, b-vectors, image, normalisation) and the full noisy series
+    with the accept run's b0 output in place (the shell is filled in by the caller)."""
+    import nibabel as nib
+
+    from bids_denoise.denoise.ddm2.data import normalise, to_slices, volume_scales
+    from bids_denoise.denoise.ddm2.settings import resolve_settings
+
+    accept_dir = WORK / args.dataset / "accept"
+    if not (accept_dir / "shell_dwi.nii.gz").is_file() or not (accept_dir / "b0" / "denoised_dwi.nii.gz").is_file():
+        raise SystemExit(f"{accept_dir}: run `accept --dataset {args.dataset}` first (its shell and b0 output)")
+    img = nib.load(str(accept_dir / "shell_dwi.nii.gz"))
+    shell = img.get_fdata(dtype=np.float32)
+    bvecs = np.loadtxt(accept_dir / "shell_dwi.bvec")
+    scales = volume_scales(shell, percentile=resolve_settings("cpu").scale_percentile)
+    folder, data, bvals, _, full_img = load_dataset(args.dataset)
+    series = data.copy()
+    series[..., bvals <= 50] = nib.load(str(accept_dir / "b0" / "denoised_dwi.nii.gz")).get_fdata(dtype=np.float32)
+    volumes = to_slices(normalise(shell, scales))
+    return accept_dir, folder, shell, bvecs, scales, volumes, series, bvals, full_img
+
+
+def ablate(args) -> int:
+    """One ablation on the accept run's shell, scored like the accept run (b0s from its b0 node).
+
+    ``stage3``: Stage III alone, trained from the Stage I/II of an accept checkpoint with the
+    ``cpu`` preset except ``--range`` and ``--steps``, then one x0 step from t* (4 flips).
+    ``stage1``: Stage I alone with the ``cpu`` preset and ``--order`` (the Stage-I estimate is
+    the output).
+    """
+    import torch
+
+    from bids_denoise.denoise.ddm2.checkpoints import CheckpointStore
+    from bids_denoise.denoise.ddm2.data import denormalise, from_slices, neighbour_indices
+    from bids_denoise.denoise.ddm2.pipeline import _new_network
+    from bids_denoise.denoise.ddm2.sampling import denoise_slices
+    from bids_denoise.denoise.ddm2.schedule import NoiseSchedule, reverse_warmup_betas
+    from bids_denoise.denoise.ddm2.settings import resolve_settings
+    from bids_denoise.denoise.ddm2.stages import GroupTensors, run_stage1, run_stage3, stage1_estimates
+
+    torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    accept_dir, folder, shell, bvecs, scales, volumes, series, bvals, img = _accept_shell(args)
+    volumes = torch.from_numpy(volumes)
+    if args.what == "stage3":
+        settings = resolve_settings("cpu", stage3_range=args.range, stage3_steps=args.steps)
+        tag = f"stage3-{args.range}-{args.steps}"
+        stage2 = torch.load(accept_dir / args.checkpoint / "stage2.pt", weights_only=True)
+        x_hat, t_star = stage2["x_hat"], stage2["t_star"]
+        schedule = NoiseSchedule(reverse_warmup_betas(settings.n_timesteps, beta_start=settings.beta_start,
+                                                      beta_end=settings.beta_end, ramp_fraction=settings.ramp_fraction))
+        model = _new_network(1, settings, level_input=True, seed=args.seed + 1, device=cpu)  # as the pipeline
+        group = GroupTensors(volumes, torch.zeros(1, dtype=torch.long), None)
+        with Timer() as timer:
+            run_stage3(model, group, x_hat, t_star, settings, schedule, seed=args.seed, device=cpu,
+                       store=CheckpointStore(None), fingerprint=tag, progress=False)
+        n, z, h, w = volumes.shape
+        normalised = volumes.numpy()
+        clip = (min(-1.0, float(normalised.min())), max(1.0, float(normalised.max())))
+        out = denoise_slices(model, volumes.reshape(n * z, h, w), t_star.reshape(-1), schedule, sampling_steps=1,
+                             eta=0.0, flips=settings.flips, batch_size=settings.inference_batch_size,
+                             progress=False, clip=clip).reshape(n, z, h, w)
+    else:
+        settings = resolve_settings("cpu", neighbour_order=args.order)
+        tag = f"stage1-{args.order}"
+        table = neighbour_indices(shell.shape[3], settings.n_neighbours,
+                                  bvecs=bvecs if args.order == "direction" else None)
+        group = GroupTensors(volumes, torch.from_numpy(table), None)
+        model = _new_network(settings.n_neighbours, settings, level_input=False, seed=args.seed, device=cpu)
+        with Timer() as timer:
+            run_stage1(model, group, settings, seed=args.seed, device=cpu, store=CheckpointStore(None),
+                       fingerprint=tag, progress=False)
+        out = stage1_estimates(model, group, batch_size=settings.inference_batch_size)
+    series[..., bvals > 50] = denormalise(from_slices(out.numpy()), scales)
+    path = save_like(img, series, WORK / args.dataset / "ablate" / f"{tag}.nii.gz")
+    record = dict(dataset=args.dataset, tag=f"ablate/{tag}", settings=settings.as_dict(), seed=args.seed,
+                  threads=args.threads, checkpoint=getattr(args, "checkpoint", None), training=timer.record,
+                  score=score(path, folder))
+    save_record(record)
+    shells = record["score"].get("shells") or {}
+    b1000 = next((v["psnr"] for k, v in shells.items() if k != "0"), float("nan"))
+    print(f"[{tag}] PSNR {record['score']['psnr']:.2f} (DWIs {b1000:.2f}) SSIM {record['score']['ssim']:.4f} "
+          f"WM FA error {record['score']['fa_mae_wm']:.4f}; training {timer.record['wall_s']:.0f} s", flush=True)
+    return 0
+
+
 def _fresh(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -353,8 +443,19 @@ def main(argv=None) -> int:
     p_acc.add_argument("--threads", type=int, default=2)
     p_acc.add_argument("--checkpoint", help="resume this checkpoint folder of an earlier accept run (its stages "
                                             "are not rerun; their recorded seconds are reported)")
+    p_abl = sub.add_parser("ablate", help="Stage III or Stage I alone on the accept run's shell")
+    p_abl.add_argument("what", choices=("stage3", "stage1"))
+    p_abl.add_argument("--dataset", choices=DATASETS, default="hardi_snr10")
+    p_abl.add_argument("--checkpoint", help="stage3: the accept checkpoint folder whose Stage I/II to use")
+    p_abl.add_argument("--range", default="matched", help="stage3: matched, focused or full")
+    p_abl.add_argument("--steps", type=int, default=1500, help="stage3: training steps")
+    p_abl.add_argument("--order", default="acquisition", help="stage1: acquisition or direction")
+    p_abl.add_argument("--seed", type=int, default=0)
+    p_abl.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    return {"run": run, "baselines": baselines, "accept": accept}[args.command](args)
+    if args.command == "ablate" and args.what == "stage3" and not args.checkpoint:
+        parser.error("ablate stage3 needs --checkpoint (an accept run's checkpoint folder)")
+    return {"run": run, "baselines": baselines, "accept": accept, "ablate": ablate}[args.command](args)
 
 
 if __name__ == "__main__":
