@@ -48,7 +48,7 @@ OPTIONS = (
     ),
     Option(
         "ddm2_stage3_range", "--ddm2-stage3-range", kind="choice", choices=STAGE3_RANGES,
-        interface="stage3_range", default_help=f"{_PRESET} (paper full, the others matched)",
+        interface="stage3_range", default_help=f"{_PRESET} (paper full, the others focused)",
         help="Noise levels Stage III trains on: 'matched', only the band of the slices' matched noise "
         "levels (0.9 to 1.1 times), the only levels a one-step sampler visits (needs "
         "--ddm2-sampling-steps 1); 'focused', every level up to 1.1 times the largest matched one (the "

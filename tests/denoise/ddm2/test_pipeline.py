@@ -96,7 +96,7 @@ def test_smoke_run_shapes_units_and_history(smoke_run):
     assert history["steps"] == {"stage1": settings.stage1_steps, "stage3": settings.stage3_steps,
                                 "sampling": settings.sampling_steps}
     assert history["neighbour_order"] == "acquisition"  # no b-vectors were given
-    # the smoke preset trains Stage III on the band of the matched levels only
+    # the smoke preset trains Stage III on the levels up to the matched ones (focused)
     assert 1 <= history["stage3_t_min"] <= t_star.min() <= t_star.max() <= history["stage3_t_max"] < 1000
     assert set(history["stage_seconds"]) == {"stage1", "stage2", "stage3", "inference"}
     assert all(seconds > 0 for seconds in history["stage_seconds"].values())

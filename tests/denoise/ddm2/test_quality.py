@@ -84,7 +84,7 @@ def test_a_short_run_beats_the_noisy_input_by_a_fixed_margin(short_run):
     # at least a 6 dB gain (RMSE halved); measured about 8.5 dB
     assert error < 0.5 * noisy_error, (error, noisy_error)
     assert result.history["neighbour_order"] == "direction"
-    assert result.history["stage3_t_max"] < 1000  # Stage III on the matched band only
+    assert result.history["stage3_t_max"] < 1000  # focused Stage III
 
 
 def test_stage3_beats_stage1(short_run):

@@ -50,7 +50,7 @@ def test_presets_hold_the_documented_counts():
     smoke = preset_settings("smoke")
     assert smoke.stage1_steps < 100 and smoke.stage3_steps < 100 and smoke.network.width <= 8
     for preset in (fast, cpu, smoke):  # the changes of issue #14, in every preset but paper
-        assert (preset.neighbour_order, preset.stage3_range, preset.scale_percentile) == ("direction", "matched", 99.9)
+        assert (preset.neighbour_order, preset.stage3_range, preset.scale_percentile) == ("direction", "focused", 99.9)
 
 
 def test_overrides_replace_only_what_is_given():
@@ -132,7 +132,7 @@ def test_sidecar_parameters_record_every_count():
     assert parameters["NoiseSchedule"]["Type"] == "reverse warm-up"
     assert parameters["Network"]["ChannelMultipliers"] == [1, 2, 4, 8, 8]
     cpu = sidecar_parameters(resolve_settings("cpu"), seed=0)
-    assert (cpu["NeighbourOrder"], cpu["Stage3Range"], cpu["ScalePercentile"]) == ("direction", "matched", 99.9)
+    assert (cpu["NeighbourOrder"], cpu["Stage3Range"], cpu["ScalePercentile"]) == ("direction", "focused", 99.9)
     assert cpu["SamplingChain"] == "x0 from t*" and cpu["NeighbourVolumes"] == 4
 
 
@@ -160,6 +160,4 @@ def test_the_matched_stage3_range_needs_the_one_step_sampler():
     assert resolve_settings("cpu", stage3_range="matched", sampling_steps=1).stage3_range == "matched"
     with pytest.raises(ValueError, match="matched.*sampling_steps 1"):
         resolve_settings("cpu", stage3_range="matched", sampling_steps=10)
-    # a chain asked for without a range: the preset's matched band widens to every lower level
-    assert resolve_settings("cpu", sampling_steps=10).stage3_range == "focused"
     assert resolve_settings("paper", stage3_range="focused").sampling_steps == 0  # a chain may focus
