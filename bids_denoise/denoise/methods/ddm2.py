@@ -29,7 +29,7 @@ OPTIONS = (
         "neighbouring volumes in acquisition order, Stage III 100,000 steps over the whole schedule, batch "
         "32, full reverse chain with 4 flips; about 2-3 GPU-hours per shell of 64 volumes of 96x96x60 on an "
         "H100). 'fast': the same network, Stage I 3,000 steps from the 4 nearest gradient directions, Stage "
-        "III 20,000 steps on the matched noise levels only, one x0 prediction from t* averaged over 4 flips, "
+        "III 20,000 steps on the noise levels up to the matched ones, one x0 prediction from t* averaged over 4 flips, "
         "bf16 and torch.compile (estimated at about 30 min per such shell). 'cpu': a width-16 network and short "
         "training for a few CPU cores (estimated at under 30 min for a 73x100x5 shell of 60 volumes on 2 "
         "cores). 'smoke': a tiny network and "
@@ -262,9 +262,9 @@ DDM2 = Method(
     description="Settings of --method ddm2. Each shell gets its own model: Stage I trains a network that "
     "predicts every slice from the same slice of other volumes (the nearest gradient directions, or the "
     "neighbours in acquisition order), Stage II matches each slice's noise to a diffusion step, Stage III "
-    "trains the diffusion denoiser, and each slice is then denoised from its own step. b=0 volumes are denoised with Patch2Self (3 or more b0s; --no-b0-denoising copies "
-    "them). Stage checkpoints are kept in <work_dir>/ddm2/<run>/<shell>, so rerunning with the same -w "
-    "resumes.",
+    "trains the diffusion denoiser, and each slice is then denoised from its own step. b=0 volumes are "
+    "denoised with Patch2Self (3 or more b0s; --no-b0-denoising copies them). Stage checkpoints are kept "
+    "in <work_dir>/ddm2/<run>/<shell>, so rerunning with the same -w resumes.",
     options=OPTIONS,
     interface="bids_denoise.interfaces.ddm2:DDM2",
     default_grouping="shell",  # its Stage I picks inputs by direction, which assumes one b-value
