@@ -367,7 +367,6 @@ def ablate(args) -> int:
     from bids_denoise.denoise.ddm2.data import denormalise, from_slices, neighbour_indices
     from bids_denoise.denoise.ddm2.pipeline import _new_network
     from bids_denoise.denoise.ddm2.sampling import denoise_slices
-    from bids_denoise.denoise.ddm2.schedule import NoiseSchedule, reverse_warmup_betas
     from bids_denoise.denoise.ddm2.settings import resolve_settings
     from bids_denoise.denoise.ddm2.stages import GroupTensors, run_stage1, run_stage3, stage1_estimates
 
@@ -380,8 +379,7 @@ def ablate(args) -> int:
         tag = f"stage3-{args.range}-{args.steps}"
         stage2 = torch.load(accept_dir / args.checkpoint / "stage2.pt", weights_only=True)
         x_hat, t_star = stage2["x_hat"], stage2["t_star"]
-        schedule = NoiseSchedule(reverse_warmup_betas(settings.n_timesteps, beta_start=settings.beta_start,
-                                                      beta_end=settings.beta_end, ramp_fraction=settings.ramp_fraction))
+        schedule = settings.noise_schedule()
         model = _new_network(1, settings, level_input=True, seed=args.seed + 1, device=cpu)  # as the pipeline
         group = GroupTensors(volumes, torch.zeros(1, dtype=torch.long), None)
         with Timer() as timer:

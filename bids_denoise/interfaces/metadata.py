@@ -51,7 +51,8 @@ MAP_DESCRIPTIONS = {
              "denoised signal), in the units of the input series.",
     "sigma": "Standard deviation of the Gaussian noise in each channel of the complex data, in the units "
              "of the input series: MP-PCA over all volumes (the Marchenko-Pastur bulk of the eigenvalues "
-             "of 5x5x5 windows, with the noise edge of Cordero-Grande et al. 2019), corrected for the lower variance of Rician magnitudes at low signal, and "
+             "of 5x5x5 windows, with the noise edge of Cordero-Grande et al. 2019), corrected for the lower "
+             "variance of Rician magnitudes at low signal, and "
              "set to the level measured from the spread of 3 or more b0 volumes when that agrees within "
              "a factor 1.25. It drives the Rician correction.",
     "rank": "Number of principal components MP-PCA kept as signal in the windows around each voxel; "

@@ -33,7 +33,6 @@ from bids_denoise.denoise.ddm2.data import (
     volume_scales,
 )
 from bids_denoise.denoise.ddm2.sampling import denoise_slices
-from bids_denoise.denoise.ddm2.schedule import NoiseSchedule, reverse_warmup_betas
 from bids_denoise.denoise.ddm2.settings import DDM2Settings, resolve_settings
 from bids_denoise.denoise.ddm2.stages import (
     GroupTensors,
@@ -214,9 +213,7 @@ def _denoise_group(data, bvecs, settings: DDM2Settings, *, device, seed, store: 
         features = torch.from_numpy(direction_features(bvecs, table)).to(device)
     group = GroupTensors(volumes, torch.from_numpy(table).to(device), features)
     fingerprints = stage_fingerprints(data_digest(data), settings, seed, table)
-    schedule = NoiseSchedule(reverse_warmup_betas(settings.n_timesteps, beta_start=settings.beta_start,
-                                                  beta_end=settings.beta_end,
-                                                  ramp_fraction=settings.ramp_fraction), device=device)
+    schedule = settings.noise_schedule(device)
     history = _empty_history(settings)
     history["neighbour_order"] = "direction" if settings.neighbour_order == "direction" and bvecs is not None \
         else "acquisition"

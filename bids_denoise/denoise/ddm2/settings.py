@@ -53,7 +53,14 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from bids_denoise.denoise.ddm2.data import NEIGHBOUR_ORDERS, SCALE_PERCENTILE
-from bids_denoise.denoise.ddm2.schedule import BETA_END, BETA_START, N_TIMESTEPS, RAMP_FRACTION
+from bids_denoise.denoise.ddm2.schedule import (
+    BETA_END,
+    BETA_START,
+    N_TIMESTEPS,
+    RAMP_FRACTION,
+    NoiseSchedule,
+    reverse_warmup_betas,
+)
 from bids_denoise.denoise.ddm2.unet import NetworkSettings
 from bids_denoise.denoise.methods.ddm2 import (  # noqa: E402 - one source
     FLIP_COUNTS,
@@ -218,6 +225,12 @@ class DDM2Settings:
     def stage1_period(self) -> int:
         """Steps of the Stage-I cosine (``stage1_lr_period``, or the Stage-I steps when 0)."""
         return self.stage1_lr_period or self.stage1_steps
+
+    def noise_schedule(self, device="cpu") -> NoiseSchedule:
+        """The reverse warm-up schedule of these settings (on ``device``)."""
+        betas = reverse_warmup_betas(self.n_timesteps, beta_start=self.beta_start, beta_end=self.beta_end,
+                                     ramp_fraction=self.ramp_fraction)
+        return NoiseSchedule(betas, device=device)
 
 
 #: The changes of issue #14, shared by fast, cpu and smoke (see the module docstring for what
