@@ -6,13 +6,16 @@
         --set stage3_range=focused --samplers "steps=0,eta=1,flips=1" "steps=10,eta=0,flips=1"
     python benchmarks/bench_ddm2_cpu.py run --dataset hardi_snr10 --preset cpu --tag cpu-acq \\
         --set neighbour_order=acquisition
-    # baselines (noisy, Patch2Self, MP-PCA ours and DIPY) of every dataset
+    # the anchors of every dataset: noisy, DIPY mppca/patch2self, MRtrix dwidenoise, ours, the app's default
     python benchmarks/bench_ddm2_cpu.py baselines
     # the acceptance run: the cpu preset through the BIDS App's own code path, timed
     python benchmarks/bench_ddm2_cpu.py accept --dataset hardi_snr10
     # ablations on the accept run's shell: Stage III alone from its Stage I/II, Stage I alone
     python benchmarks/bench_ddm2_cpu.py ablate stage3 --checkpoint ckpt-1796316560 --range full --steps 1500
     python benchmarks/bench_ddm2_cpu.py ablate stage1 --order acquisition
+    # every sampler on the Stage III of an accept checkpoint (nothing retrained)
+    python benchmarks/bench_ddm2_cpu.py samplers --checkpoint ckpt-1796324457 \\
+        --samplers "steps=1,eta=0,flips=4" "steps=10,eta=0,flips=1" "steps=0,eta=1,flips=1"
 
 benchmarks/results/ddm2.md is written by hand from the records (there is no report command yet).
 
@@ -225,35 +228,48 @@ def save_record(record: dict) -> None:
 
 # =============================================================================== baselines
 def baselines(args) -> int:
+    """The anchors next to DDM2, on the same machine and commit: the noisy input, DIPY 1.12.1
+    ``mppca`` and ``patch2self``, MRtrix3 ``dwidenoise``, our MP-PCA and Patch2Self on the whole
+    series, and the app's default run (the CLI with no denoising option)."""
     import torch
 
     torch.set_num_threads(args.threads)
+    import bench_defaults
+    import bench_quality
+
     from bids_denoise.denoise.mppca import mppca
     from bids_denoise.denoise.patch2self import patch2self
 
     for name in args.datasets:
         folder, data, bvals, _, img = load_dataset(name)
-        record = dict(dataset=name, tag="baselines", runs={})
-        record["runs"]["noisy"] = dict(score=score(None, folder))
+        record = dict(dataset=name, tag="baselines", commit=common.git_commit(), machine=common.machine_info(),
+                      runs={"noisy": dict(score=score(None, folder))})
+        out_dir = _fresh(WORK / name / "baselines")
         methods = {
-            "patch2self": lambda: patch2self(data, bvals, patch_radius=1, patch_pooling="radial", grouping="all",
-                                             progress=False),
+            "patch2self_ours": lambda: patch2self(data, bvals, patch_radius=1, patch_pooling="radial",
+                                                  grouping="all", progress=False),
             "mppca_ours": lambda: mppca(data, patch_radius=2, progress=False).denoised,
         }
-        try:
-            from dipy.denoise.localpca import mppca as dipy_mppca
-
-            methods["mppca_dipy"] = lambda: dipy_mppca(data, patch_radius=2)
-        except ImportError:  # pragma: no cover
-            pass
+        for anchor in bench_quality.ANCHORS:
+            why = bench_quality.anchor_available(anchor)
+            if why:
+                record["runs"][anchor] = dict(skipped=why)
+                continue
+            methods[anchor] = (lambda a=anchor: bench_quality.run_anchor(a, data, bvals, folder / "dwi.nii.gz",
+                                                                         out_dir)[0])
         for method, function in methods.items():
             with Timer() as timer:
                 out = function()
-            path = save_like(img, out, WORK / name / "baselines" / f"{method}.nii.gz")
+            path = save_like(img, out, out_dir / f"{method}.nii.gz")
             record["runs"][method] = dict(timing=timer.record, score=score(path, folder))
-            print(name, method, record["runs"][method]["score"].get("psnr"), flush=True)
+        denoised, sidecar, seconds = bench_defaults.run_app(name, args.threads)
+        record["runs"]["app_default"] = dict(timing=dict(wall_s=round(seconds, 1)), score=score(denoised, folder),
+                                             groups=bench_defaults.group_choices(sidecar))
+        for method, run_record in record["runs"].items():
+            result = run_record.get("score") or {}
+            print(f"{name} {method}: PSNR {result.get('psnr', float('nan')):.2f} WM FA error "
+                  f"{result.get('fa_mae_wm', float('nan')):.4f} {run_record.get('skipped', '')}", flush=True)
         path = WORK / name / "baselines.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))
     return 0
 
@@ -364,7 +380,7 @@ def ablate(args) -> int:
     import torch
 
     from bids_denoise.denoise.ddm2.checkpoints import CheckpointStore
-    from bids_denoise.denoise.ddm2.data import denormalise, from_slices, neighbour_indices
+    from bids_denoise.denoise.ddm2.data import denormalise, direction_features, from_slices, neighbour_indices
     from bids_denoise.denoise.ddm2.pipeline import _new_network
     from bids_denoise.denoise.ddm2.sampling import denoise_slices
     from bids_denoise.denoise.ddm2.settings import resolve_settings
@@ -392,12 +408,17 @@ def ablate(args) -> int:
                              eta=0.0, flips=settings.flips, batch_size=settings.inference_batch_size,
                              progress=False, clip=clip).reshape(n, z, h, w)
     else:
-        settings = resolve_settings("cpu", neighbour_order=args.order)
-        tag = f"stage1-{args.order}"
+        overrides = {} if args.neighbours is None else {"n_neighbours": args.neighbours}
+        settings = resolve_settings("cpu", neighbour_order=args.order, direction_input=args.direction_input,
+                                    **overrides)
+        tag = (f"stage1-{args.order}" + ("" if args.neighbours is None else f"-n{args.neighbours}")
+               + ("-dirinput" if args.direction_input else ""))
         table = neighbour_indices(shell.shape[3], settings.n_neighbours,
                                   bvecs=bvecs if args.order == "direction" else None)
-        group = GroupTensors(volumes, torch.from_numpy(table), None)
-        model = _new_network(settings.n_neighbours, settings, level_input=False, seed=args.seed, device=cpu)
+        features = torch.from_numpy(direction_features(bvecs, table)) if args.direction_input else None
+        group = GroupTensors(volumes, torch.from_numpy(table), features)
+        model = _new_network(settings.n_neighbours, settings, level_input=False, seed=args.seed, device=cpu,
+                             condition_dim=0 if features is None else features.shape[1])
         with Timer() as timer:
             run_stage1(model, group, settings, seed=args.seed, device=cpu, store=CheckpointStore(None),
                        fingerprint=tag, progress=False)
@@ -412,6 +433,94 @@ def ablate(args) -> int:
     b1000 = next((v["psnr"] for k, v in shells.items() if k != "0"), float("nan"))
     print(f"[{tag}] PSNR {record['score']['psnr']:.2f} (DWIs {b1000:.2f}) SSIM {record['score']['ssim']:.4f} "
           f"WM FA error {record['score']['fa_mae_wm']:.4f}; training {timer.record['wall_s']:.0f} s", flush=True)
+    return 0
+
+
+# =============================================================================== samplers
+def samplers(args) -> int:
+    """Every sampler on one trained Stage III: an accept checkpoint's Stage II (x_hat, t*) and
+    Stage III network, read as they are (nothing is retrained), then each ``--samplers`` spec on the
+    accept run's shell, scored like the accept run (b0s from its b0 node)."""
+    import torch
+
+    from bids_denoise.denoise.ddm2.checkpoints import CheckpointStore
+    from bids_denoise.denoise.ddm2.data import denormalise, from_slices, neighbour_indices
+    from bids_denoise.denoise.ddm2.pipeline import _new_network, data_digest, stage_fingerprints
+    from bids_denoise.denoise.ddm2.sampling import denoise_slices
+    from bids_denoise.denoise.ddm2.settings import resolve_settings
+
+    torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    accept_dir, folder, shell, bvecs, scales, volumes, series, bvals, img = _accept_shell(args)
+    settings = resolve_settings("cpu")
+    ckpt = accept_dir / args.checkpoint
+    table = neighbour_indices(shell.shape[3], settings.n_neighbours, bvecs=bvecs)
+    expected = stage_fingerprints(data_digest(shell), settings, args.seed, table)
+    store = CheckpointStore(ckpt)
+    stage2, stage3 = store.load("stage2", expected["stage2"]), store.load("stage3", expected["stage3"])
+    if not (stage2 and stage2.get("complete") and stage3 and stage3.get("complete")):
+        raise SystemExit(f"{ckpt}: no complete Stage II and III of the committed cpu preset on this shell")
+    model = _new_network(1, settings, level_input=True, seed=args.seed + 1, device=cpu)
+    model.load_state_dict(stage3["model"])
+    t_star = stage2["t_star"]
+    volumes = torch.from_numpy(volumes)
+    n, z, h, w = volumes.shape
+    clip = (min(-1.0, float(volumes.min())), max(1.0, float(volumes.max())))
+    schedule = settings.noise_schedule()
+    record = dict(dataset=args.dataset, tag="samplers", checkpoint=args.checkpoint, seed=args.seed,
+                  threads=args.threads, stage3_range=settings.stage3_range, stage3_steps=settings.stage3_steps,
+                  t_star=dict(min=int(t_star.min()), max=int(t_star.max())), runs=[])
+    for text in args.samplers:
+        spec = parse_sampler(text)
+        variant = dataclasses.replace(settings, **spec)
+        with Timer() as timer:
+            out = denoise_slices(model, volumes.reshape(n * z, h, w), t_star.reshape(-1), schedule,
+                                 sampling_steps=variant.sampling_steps, eta=variant.eta, flips=variant.flips,
+                                 batch_size=settings.inference_batch_size, seed=args.seed, progress=False,
+                                 clip=clip).reshape(n, z, h, w)
+        series[..., bvals > 50] = denormalise(from_slices(out.numpy()), scales)
+        name = text.replace(",", "_").replace("=", "")
+        path = save_like(img, series, WORK / args.dataset / "samplers" / f"{name}.nii.gz")
+        entry = dict(spec=text, label=sampler_label(variant), timing=timer.record, score=score(path, folder))
+        record["runs"].append(entry)
+        save_record(record)
+        shells = entry["score"].get("shells") or {}
+        dwi_psnr = next((v["psnr"] for k, v in shells.items() if k != "0"), float("nan"))
+        print(f"[{entry['label']}] PSNR {entry['score']['psnr']:.2f} (DWIs {dwi_psnr:.2f}) SSIM "
+              f"{entry['score']['ssim']:.4f} WM FA error {entry['score']['fa_mae_wm']:.4f}; "
+              f"{timer.record['wall_s']:.0f} s", flush=True)
+    return 0
+
+
+# ================================================================================= fa-bias
+def fa_bias(args) -> int:
+    """The signed white-matter FA bias, mean(FA - FA_gt) over FA_gt > 0.4, of each file (``noisy``
+    for the input). score.py reports the bias over the whole mask and only the absolute error in
+    white matter; its own DTI fit (``dti_fa_md``) and voxel selection are used here unchanged, so
+    the two agree: the mean of |FA - FA_gt| printed next to the bias is score.py's fa_mae_wm."""
+    import importlib.util
+
+    import nibabel as nib
+
+    spec = importlib.util.spec_from_file_location("official_score", SHARED / "bench" / "score.py")
+    official = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(official)
+    folder = SHARED / "data" / "synthetic" / args.dataset
+    gt, mask, bval, bvec, _ = official.load_dataset(folder)
+    g = gt[mask]
+    peak = float(np.percentile(g, 99.9))
+    floor = 1e-3 * peak
+    b0 = official.shell_of(bval) == 0
+    keep = (g[:, b0].mean(1) if b0.any() else g.max(1)) >= 0.02 * peak
+    fa_g, _ = official.dti_fa_md(g[keep], bval, bvec, floor)
+    wm = fa_g > 0.4
+    for name in args.files:
+        path = folder / "dwi.nii.gz" if name == "noisy" else Path(name)
+        d = np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)[mask]
+        fa_d, _ = official.dti_fa_md(d[keep], bval, bvec, floor)
+        diff = (fa_d - fa_g)[wm]
+        print(f"{name}: WM FA bias {diff.mean():+.4f}, WM FA error {np.abs(diff).mean():.4f}, "
+              f"WM FA {fa_d[wm].mean():.4f} (truth {fa_g[wm].mean():.4f}), {int(wm.sum())} voxels", flush=True)
     return 0
 
 
@@ -448,12 +557,26 @@ def main(argv=None) -> int:
     p_abl.add_argument("--range", default="matched", help="stage3: matched, focused or full")
     p_abl.add_argument("--steps", type=int, default=1500, help="stage3: training steps")
     p_abl.add_argument("--order", default="acquisition", help="stage1: acquisition or direction")
+    p_abl.add_argument("--neighbours", type=int, help="stage1: input volumes per target (default: the preset's)")
+    p_abl.add_argument("--direction-input", action="store_true",
+                       help="stage1: also give the network the gradient directions (direction_input)")
     p_abl.add_argument("--seed", type=int, default=0)
     p_abl.add_argument("--threads", type=int, default=2)
+    p_smp = sub.add_parser("samplers", help="every sampler on one trained Stage III of an accept checkpoint")
+    p_smp.add_argument("--dataset", choices=DATASETS, default="hardi_snr10")
+    p_smp.add_argument("--checkpoint", required=True, help="the accept checkpoint folder (Stage II and III read)")
+    p_smp.add_argument("--samplers", nargs="+", required=True, help="specs steps=N,eta=E,flips=F (steps 0: "
+                                                                    "full chain, 1: x0 from t*)")
+    p_smp.add_argument("--seed", type=int, default=0)
+    p_smp.add_argument("--threads", type=int, default=2)
+    p_fa = sub.add_parser("fa-bias", help="signed white-matter FA bias of outputs (score.py's own DTI fit)")
+    p_fa.add_argument("--dataset", choices=DATASETS, default="hardi_snr10")
+    p_fa.add_argument("files", nargs="+", help="denoised series, or 'noisy'")
     args = parser.parse_args(argv)
     if args.command == "ablate" and args.what == "stage3" and not args.checkpoint:
         parser.error("ablate stage3 needs --checkpoint (an accept run's checkpoint folder)")
-    return {"run": run, "baselines": baselines, "accept": accept, "ablate": ablate}[args.command](args)
+    return {"run": run, "baselines": baselines, "accept": accept, "ablate": ablate,
+            "samplers": samplers, "fa-bias": fa_bias}[args.command](args)
 
 
 if __name__ == "__main__":

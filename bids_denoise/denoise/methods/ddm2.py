@@ -31,8 +31,9 @@ OPTIONS = (
         "H100). 'fast': the same network, Stage I 3,000 steps from the 4 nearest gradient directions, Stage "
         "III 20,000 steps on the noise levels up to the matched ones, one x0 prediction from t* averaged over 4 flips, "
         "bf16 and torch.compile (estimated at about 30 min per such shell). 'cpu': a width-16 network and short "
-        "training for a few CPU cores (estimated at under 30 min for a 73x100x5 shell of 60 volumes on 2 "
-        "cores). 'smoke': a tiny network and "
+        "training for a few CPU cores (10-21 min measured for a 73x100x5 shell of 60 volumes on 2 cores; on "
+        "such 60-direction phantoms it lowered white-matter FA, with 6 directions it kept FA best of all "
+        "methods: see benchmarks/results/ddm2.md). 'smoke': a tiny network and "
         "tens of steps, to test an installation (no useful denoising).",
     ),
     Option(
