@@ -391,8 +391,9 @@ def ablate(args) -> int:
     accept_dir, folder, shell, bvecs, scales, volumes, series, bvals, img = _accept_shell(args)
     volumes = torch.from_numpy(volumes)
     if args.what == "stage3":
-        settings = resolve_settings("cpu", stage3_range=args.range, stage3_steps=args.steps)
-        tag = f"stage3-{args.range}-{args.steps}"
+        steps = args.steps or 1500
+        settings = resolve_settings("cpu", stage3_range=args.range, stage3_steps=steps)
+        tag = f"stage3-{args.range}-{steps}"
         stage2 = torch.load(accept_dir / args.checkpoint / "stage2.pt", weights_only=True)
         x_hat, t_star = stage2["x_hat"], stage2["t_star"]
         schedule = settings.noise_schedule()
@@ -409,10 +410,12 @@ def ablate(args) -> int:
                              progress=False, clip=clip).reshape(n, z, h, w)
     else:
         overrides = {} if args.neighbours is None else {"n_neighbours": args.neighbours}
+        if args.steps:
+            overrides["stage1_steps"] = args.steps
         settings = resolve_settings("cpu", neighbour_order=args.order, direction_input=args.direction_input,
                                     **overrides)
         tag = (f"stage1-{args.order}" + ("" if args.neighbours is None else f"-n{args.neighbours}")
-               + ("-dirinput" if args.direction_input else ""))
+               + ("-dirinput" if args.direction_input else "") + (f"-{args.steps}" if args.steps else ""))
         table = neighbour_indices(shell.shape[3], settings.n_neighbours,
                                   bvecs=bvecs if args.order == "direction" else None)
         features = torch.from_numpy(direction_features(bvecs, table)) if args.direction_input else None
@@ -555,7 +558,8 @@ def main(argv=None) -> int:
     p_abl.add_argument("--dataset", choices=DATASETS, default="hardi_snr10")
     p_abl.add_argument("--checkpoint", help="stage3: the accept checkpoint folder whose Stage I/II to use")
     p_abl.add_argument("--range", default="matched", help="stage3: matched, focused or full")
-    p_abl.add_argument("--steps", type=int, default=1500, help="stage3: training steps")
+    p_abl.add_argument("--steps", type=int, help="training steps of the stage (default: stage3 1500, stage1 the "
+                                                 "preset's)")
     p_abl.add_argument("--order", default="acquisition", help="stage1: acquisition or direction")
     p_abl.add_argument("--neighbours", type=int, help="stage1: input volumes per target (default: the preset's)")
     p_abl.add_argument("--direction-input", action="store_true",

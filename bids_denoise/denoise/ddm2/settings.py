@@ -40,8 +40,8 @@ over 4 flips instead of a chain (on the cpu preset's own Stage III on hardi_snr1
 ancestral chain 3.1 dB lower at 45 times the time, 10 DDIM steps with 4 flips 0.02 dB lower at 8
 times). Giving the Stage-I network the gradient directions (``direction_input``) did not help
 (+0.01 dB, a higher white-matter FA error), so no preset uses it. 8 input directions instead of
-4 gained 1.2 dB on Stage I alone but did not lower its FA bias; they were not run through Stage
-III, so the presets keep 4. ``matched`` (only 0.9 to 1.1 times the matched
+4 gained 1.2 dB on Stage I alone, but the complete runs differed by only 0.05 dB and 0.003 in
+white-matter FA error, so the presets keep 4. ``matched`` (only 0.9 to 1.1 times the matched
 levels) scored 0.12-0.23 dB higher on hardi_snr10 with the same Stage I, but its white-matter
 FA error was higher (0.059 against 0.051, at 1,500 and at 2,500 steps), so the presets keep
 ``focused``; see benchmarks/results/ddm2.md for this and the other ablations.
