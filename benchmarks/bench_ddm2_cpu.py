@@ -369,6 +369,26 @@ def _accept_shell(args):
     return accept_dir, folder, shell, bvecs, scales, volumes, series, bvals, full_img
 
 
+def _data_clip(volumes) -> tuple[float, float]:
+    """The x0 clamp of a shell's normalised slices, as the pipeline sets it."""
+    return min(-1.0, float(volumes.min())), max(1.0, float(volumes.max()))
+
+
+def _score_shell(estimate, series, bvals, scales, img, folder: Path, path: Path) -> dict:
+    """Put a shell estimate (normalised slices) into the series, save it and score it."""
+    from bids_denoise.denoise.ddm2.data import denormalise, from_slices
+
+    series[..., bvals > 50] = denormalise(from_slices(estimate.numpy()), scales)
+    return score(save_like(img, series, path), folder)
+
+
+def _summary(report: dict) -> str:
+    shells = report.get("shells") or {}
+    dwi_psnr = next((v["psnr"] for k, v in shells.items() if k != "0"), float("nan"))
+    return (f"PSNR {report['psnr']:.2f} (DWIs {dwi_psnr:.2f}) SSIM {report['ssim']:.4f} "
+            f"WM FA error {report['fa_mae_wm']:.4f}")
+
+
 def ablate(args) -> int:
     """One ablation on the accept run's shell, scored like the accept run (b0s from its b0 node).
 
@@ -380,7 +400,7 @@ def ablate(args) -> int:
     import torch
 
     from bids_denoise.denoise.ddm2.checkpoints import CheckpointStore
-    from bids_denoise.denoise.ddm2.data import denormalise, direction_features, from_slices, neighbour_indices
+    from bids_denoise.denoise.ddm2.data import direction_features, neighbour_indices
     from bids_denoise.denoise.ddm2.pipeline import _new_network
     from bids_denoise.denoise.ddm2.sampling import denoise_slices
     from bids_denoise.denoise.ddm2.settings import resolve_settings
@@ -403,11 +423,9 @@ def ablate(args) -> int:
             run_stage3(model, group, x_hat, t_star, settings, schedule, seed=args.seed, device=cpu,
                        store=CheckpointStore(None), fingerprint=tag, progress=False)
         n, z, h, w = volumes.shape
-        normalised = volumes.numpy()
-        clip = (min(-1.0, float(normalised.min())), max(1.0, float(normalised.max())))
         out = denoise_slices(model, volumes.reshape(n * z, h, w), t_star.reshape(-1), schedule, sampling_steps=1,
                              eta=0.0, flips=settings.flips, batch_size=settings.inference_batch_size,
-                             progress=False, clip=clip).reshape(n, z, h, w)
+                             progress=False, clip=_data_clip(volumes)).reshape(n, z, h, w)
     else:
         overrides = {} if args.neighbours is None else {"n_neighbours": args.neighbours}
         if args.steps:
@@ -426,16 +444,12 @@ def ablate(args) -> int:
             run_stage1(model, group, settings, seed=args.seed, device=cpu, store=CheckpointStore(None),
                        fingerprint=tag, progress=False)
         out = stage1_estimates(model, group, batch_size=settings.inference_batch_size)
-    series[..., bvals > 50] = denormalise(from_slices(out.numpy()), scales)
-    path = save_like(img, series, WORK / args.dataset / "ablate" / f"{tag}.nii.gz")
+    report = _score_shell(out, series, bvals, scales, img, folder, WORK / args.dataset / "ablate" / f"{tag}.nii.gz")
     record = dict(dataset=args.dataset, tag=f"ablate/{tag}", settings=settings.as_dict(), seed=args.seed,
                   threads=args.threads, checkpoint=getattr(args, "checkpoint", None), training=timer.record,
-                  score=score(path, folder))
+                  score=report)
     save_record(record)
-    shells = record["score"].get("shells") or {}
-    b1000 = next((v["psnr"] for k, v in shells.items() if k != "0"), float("nan"))
-    print(f"[{tag}] PSNR {record['score']['psnr']:.2f} (DWIs {b1000:.2f}) SSIM {record['score']['ssim']:.4f} "
-          f"WM FA error {record['score']['fa_mae_wm']:.4f}; training {timer.record['wall_s']:.0f} s", flush=True)
+    print(f"[{tag}] {_summary(report)}; training {timer.record['wall_s']:.0f} s", flush=True)
     return 0
 
 
@@ -447,7 +461,7 @@ def samplers(args) -> int:
     import torch
 
     from bids_denoise.denoise.ddm2.checkpoints import CheckpointStore
-    from bids_denoise.denoise.ddm2.data import denormalise, from_slices, neighbour_indices
+    from bids_denoise.denoise.ddm2.data import neighbour_indices
     from bids_denoise.denoise.ddm2.pipeline import _new_network, data_digest, stage_fingerprints
     from bids_denoise.denoise.ddm2.sampling import denoise_slices
     from bids_denoise.denoise.ddm2.settings import resolve_settings
@@ -468,7 +482,7 @@ def samplers(args) -> int:
     t_star = stage2["t_star"]
     volumes = torch.from_numpy(volumes)
     n, z, h, w = volumes.shape
-    clip = (min(-1.0, float(volumes.min())), max(1.0, float(volumes.max())))
+    clip = _data_clip(volumes)
     schedule = settings.noise_schedule()
     record = dict(dataset=args.dataset, tag="samplers", checkpoint=args.checkpoint, seed=args.seed,
                   threads=args.threads, stage3_range=settings.stage3_range, stage3_steps=settings.stage3_steps,
@@ -481,17 +495,13 @@ def samplers(args) -> int:
                                  sampling_steps=variant.sampling_steps, eta=variant.eta, flips=variant.flips,
                                  batch_size=settings.inference_batch_size, seed=args.seed, progress=False,
                                  clip=clip).reshape(n, z, h, w)
-        series[..., bvals > 50] = denormalise(from_slices(out.numpy()), scales)
         name = text.replace(",", "_").replace("=", "")
-        path = save_like(img, series, WORK / args.dataset / "samplers" / f"{name}.nii.gz")
-        entry = dict(spec=text, label=sampler_label(variant), timing=timer.record, score=score(path, folder))
+        report = _score_shell(out, series, bvals, scales, img, folder,
+                              WORK / args.dataset / "samplers" / f"{name}.nii.gz")
+        entry = dict(spec=text, label=sampler_label(variant), timing=timer.record, score=report)
         record["runs"].append(entry)
         save_record(record)
-        shells = entry["score"].get("shells") or {}
-        dwi_psnr = next((v["psnr"] for k, v in shells.items() if k != "0"), float("nan"))
-        print(f"[{entry['label']}] PSNR {entry['score']['psnr']:.2f} (DWIs {dwi_psnr:.2f}) SSIM "
-              f"{entry['score']['ssim']:.4f} WM FA error {entry['score']['fa_mae_wm']:.4f}; "
-              f"{timer.record['wall_s']:.0f} s", flush=True)
+        print(f"[{entry['label']}] {_summary(report)}; {timer.record['wall_s']:.0f} s", flush=True)
     return 0
 
 
