@@ -264,7 +264,7 @@ DDM2 = Method(
     "predicts every slice from the same slice of other volumes (the nearest gradient directions, or the "
     "neighbours in acquisition order), Stage II matches each slice's noise to a diffusion step, Stage III "
     "trains the diffusion denoiser, and each slice is then denoised from its own step. b=0 volumes are "
-    "denoised with Patch2Self (3 or more b0s; --no-b0-denoising copies them). Stage checkpoints are kept "
+    "denoised with Patch2Self (2 or more b0s; --no-b0-denoising copies them). Stage checkpoints are kept "
     "in <work_dir>/ddm2/<run>/<shell>, so rerunning with the same -w resumes.",
     options=OPTIONS,
     interface="bids_denoise.interfaces.ddm2:DDM2",
