@@ -37,24 +37,24 @@ _loaded: dict | None = None
 _load_lock = threading.Lock()
 
 
+def lapack_function(name: str, n_arguments: int):
+    """SciPy's LAPACK routine ``name`` as a GIL-free ``ctypes`` function of ``n_arguments`` pointers."""
+    api = ctypes.pythonapi
+    get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(("PyCapsule_GetName", api))
+    get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_GetPointer", api))
+    capsule = cython_lapack.__pyx_capi__[name]
+    address = get_pointer(capsule, get_name(capsule))
+    # CFUNCTYPE (not PYFUNCTYPE): the GIL is released during the call.
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * n_arguments)(address)
+
+
 def routines() -> dict | None:
     """The routines of :data:`_SIGNATURES` as ``ctypes`` functions, or ``None`` if unavailable."""
     global _loaded
     with _load_lock:
         if _loaded is None:
             try:
-                api = ctypes.pythonapi
-                get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(("PyCapsule_GetName", api))
-                get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
-                    ("PyCapsule_GetPointer", api)
-                )
-                functions = {}
-                for name, n_arguments in _SIGNATURES.items():
-                    capsule = cython_lapack.__pyx_capi__[name]
-                    address = get_pointer(capsule, get_name(capsule))
-                    # CFUNCTYPE (not PYFUNCTYPE): the GIL is released during the call.
-                    functions[name] = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * n_arguments)(address)
-                _loaded = functions
+                _loaded = {name: lapack_function(name, n) for name, n in _SIGNATURES.items()}
             except Exception:  # noqa: BLE001 - whatever fails, the dense solver takes over
                 _loaded = {}
     return _loaded or None
