@@ -123,6 +123,10 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, nargs="+", default=[6, 12], help="dstebz: largest eigenvalues to find")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if not args.dwi.is_file():
+        parser.error(f"{args.dwi} does not exist; make the whole-brain phantom once with `.venv/bin/python "
+                     "../shared/bench/make_phantom.py benchmarks/data/wholebrain hardi_snr10 --seed 1 --zslices 0`, "
+                     "or pass --dwi")
 
     matrices = tridiagonals(args.dwi, args.windows, args.seed)
     k = len(matrices[0][0])
